@@ -1,0 +1,5 @@
+"""`python -m consumer` runs the same CLI as `tim-recall`."""
+
+from consumer.cli import main
+
+main()

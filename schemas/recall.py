@@ -1,0 +1,190 @@
+"""The recall request upstream systems publish: the API's own request packet."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+# Tencent documents some of these as numbers in one place and strings in another: accept either
+# and send back exactly what the producer gave.
+IntOrStr = StrictInt | StrictStr
+
+MAX_BODY_BYTES = 64 * 1024
+TASK_ID_MAX_LENGTH = 128
+
+
+class _PassThrough(BaseModel):
+    """Tencent adds fields over time: unknown ones are kept and sent on untouched."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class AndroidOptions(_PassThrough):
+    """Android vendor channel options of an offline push."""
+
+    Sound: StrictStr | None = None
+    PushStyle: IntOrStr | None = None
+    HuaWeiChannelID: StrictStr | None = None
+    HuaWeiImportance: StrictStr | None = None
+    HuaWeiCategory: StrictStr | None = None
+    HuaWeiImage: StrictStr | None = None
+    HonorImportance: StrictStr | None = None
+    HonorImage: StrictStr | None = None
+    XiaoMiChannelID: StrictStr | None = None
+    OPPOChannelID: StrictStr | None = None
+    OPPOCategory: StrictStr | None = None
+    OPPONotifyLevel: IntOrStr | None = None
+    VIVOClassification: IntOrStr | None = None
+    VIVOCategory: StrictStr | None = None
+    VIVONotifyType: IntOrStr | None = None
+    GoogleChannelID: StrictStr | None = None
+    GooglePriority: StrictStr | None = None
+    GoogleImage: StrictStr | None = None
+    MeiZuNoticeMsgType: IntOrStr | None = None
+    ExtAsHuaweiIntentParam: IntOrStr | None = None
+
+
+class ApnsOptions(_PassThrough):
+    """APNs options of an offline push."""
+
+    Sound: StrictStr | None = None
+    BadgeMode: StrictInt | None = None
+    Title: StrictStr | None = None
+    SubTitle: StrictStr | None = None
+    Image: StrictStr | None = None
+    MutableContent: StrictInt | None = None
+    InterruptionLevel: StrictStr | None = None
+    ContentAvailable: StrictInt | None = None
+    IsVoipPush: StrictInt | None = None
+
+
+class HarmonyOptions(_PassThrough):
+    """HarmonyOS options of an offline push."""
+
+    Title: StrictStr | None = None
+    Category: StrictStr | None = None
+    Image: StrictStr | None = None
+    Sound: StrictStr | None = None
+    SoundDuration: StrictInt | None = None
+
+
+class LanguageContent(_PassThrough):
+    """One language's title and text of an offline push."""
+
+    Language: StrictStr | None = None
+    Title: StrictStr | None = None
+    Desc: StrictStr | None = None
+
+
+class OfflinePushInfo(_PassThrough):
+    """The notification that overwrites one already shown offline."""
+
+    PushFlag: Literal[0, 1] | None = None
+    Title: StrictStr | None = None
+    Desc: StrictStr | None = None
+    Ext: StrictStr | None = Field(default=None, description="A JSON string, passed to the app.")
+    AndroidInfo: AndroidOptions | None = None
+    ApnsInfo: ApnsOptions | None = None
+    HarmonyInfo: HarmonyOptions | None = None
+    MultiLanguageContent: list[LanguageContent] | None = None
+    BadgeAddNum: StrictInt | None = None
+    BadgeSetNum: StrictInt | None = None
+    PushTemplateId: IntOrStr | None = None
+    PushTemplateParam: Any = None
+
+
+TaskIdStr = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=TASK_ID_MAX_LENGTH,
+        pattern=r"^[!-~]+$",
+        description="The TaskId returned by v4/timpush/push (printable ASCII, no spaces).",
+        examples=["660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e"],
+    ),
+]
+
+
+class RecallRequest(BaseModel):
+    """A recall request: exactly the body of `v4/timpush/revoke`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        title="RecallRequest",
+        json_schema_extra={
+            "examples": [
+                {
+                    "TaskId": "660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e",
+                    "OfflinePushInfo": {
+                        "Title": "recall title",
+                        "Desc": "The other party has recalled a message.",
+                    },
+                }
+            ]
+        },
+    )
+
+    task_id: TaskIdStr = Field(alias="TaskId")
+    offline_push_info: OfflinePushInfo | None = Field(default=None, alias="OfflinePushInfo")
+
+    def api_body(self) -> dict[str, Any]:
+        """The JSON body to send: no nulls, no unset fields, unknown pass-through fields kept."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+
+    def with_default_overwrite(self, info: OfflinePushInfo) -> RecallRequest:
+        """This request with `info` as its overwrite, when it carries none of its own."""
+        if self.offline_push_info is not None:
+            return self
+        return self.model_copy(update={"offline_push_info": info})
+
+
+class InvalidRequest(Exception):
+    """A message body that is not a valid RecallRequest; `info` says why, in one line."""
+
+    def __init__(self, info: str) -> None:
+        super().__init__(info)
+        self.info = info
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field (not part of RecallRequest)")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest:
+    """Turn a message body into a RecallRequest, or raise InvalidRequest saying why."""
+    if len(body) > max_bytes:
+        raise InvalidRequest(f"body is {len(body)} bytes, more than the limit of {max_bytes}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise InvalidRequest("body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"body is JSON {type(doc).__name__}, not an object")
+    try:
+        return RecallRequest.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+    except RecursionError:
+        raise InvalidRequest("body is nested too deeply") from None
+
+
+def request_json_schema() -> dict[str, Any]:
+    """The JSON Schema producers validate against before publishing."""
+    return RecallRequest.model_json_schema(mode="validation")
