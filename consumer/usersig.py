@@ -41,10 +41,7 @@ class SigFields:
 
 def _hmac(secret_key: str, identifier: str, sdkappid: int, t: int, expire: int) -> str:
     text = (
-        f"TLS.identifier:{identifier}\n"
-        f"TLS.sdkappid:{sdkappid}\n"
-        f"TLS.time:{t}\n"
-        f"TLS.expire:{expire}\n"
+        f"TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\nTLS.time:{t}\nTLS.expire:{expire}\n"
     )
     digest = hmac.new(secret_key.encode(), text.encode(), hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
@@ -105,14 +102,22 @@ def verify_usersig(
     return fields
 
 
+def _constant(value: str) -> Callable[[], str]:
+    return lambda: value
+
+
 class UserSigCache:
-    """Holds one UserSig and makes a new one well before it expires."""
+    """Holds one UserSig and makes a new one well before it expires.
+
+    `secret_key` may be a function, read again at each renewal: a key file mounted from a
+    Kubernetes Secret can then be fixed without a restart.
+    """
 
     def __init__(
         self,
         sdkappid: int,
         identifier: str,
-        secret_key: str,
+        secret_key: str | Callable[[], str],
         *,
         expire: int = 86400,
         renew_before: int = 3600,
@@ -122,7 +127,9 @@ class UserSigCache:
             raise ValueError("renew_before must be shorter than expire")
         self._sdkappid = sdkappid
         self._identifier = identifier
-        self._secret_key = secret_key
+        self._secret_key: Callable[[], str] = (
+            secret_key if callable(secret_key) else _constant(secret_key)
+        )
         self._expire = expire
         self._renew_before = renew_before
         self._clock = clock
@@ -142,7 +149,8 @@ class UserSigCache:
         return self._sig
 
     def _make(self, now: int) -> None:
-        self._sig = make_usersig(self._sdkappid, self._identifier, self._secret_key, self._expire, now)
+        key = self._secret_key()
+        self._sig = make_usersig(self._sdkappid, self._identifier, key, self._expire, now)
         self._made_at = now
 
     def __repr__(self) -> str:

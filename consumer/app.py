@@ -1,0 +1,106 @@
+"""Build the worker from the settings: the one place where the pieces are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+import httpx
+import structlog
+
+from consumer.client import RevokeClient, make_http_client
+from consumer.health import health_app
+from consumer.metrics import Metrics
+from consumer.pacing import Pacer
+from consumer.prepare import PrepareRules
+from consumer.recaller import RetryRules
+from consumer.serving import serve_app
+from consumer.settings import Settings
+from consumer.topology import Topology
+from consumer.usersig import UserSigCache
+from consumer.worker import Worker, WorkerConfig
+from schemas.events import ResultEvent
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The worker's part of the settings."""
+    return WorkerConfig(
+        amqp_url=settings.amqp_url.get_secret_value(),
+        topology=Topology.from_settings(settings),
+        retry=RetryRules(
+            budget_s=settings.retry_budget_s,
+            initial_s=settings.retry_initial_s,
+            max_s=settings.retry_max_s,
+        ),
+        prepare=PrepareRules(
+            expiry_check=settings.expiry_check,
+            expiry_margin_s=settings.expiry_margin_s,
+            default_offline_push_info=settings.default_offline_push_info,
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        halt_probe_initial_s=settings.halt_probe_initial_s,
+        halt_probe_max_s=settings.halt_probe_max_s,
+    )
+
+
+def build_worker(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    *,
+    metrics: Metrics | None = None,
+    on_settled: Callable[[ResultEvent], None] | None = None,
+) -> Worker:
+    """A worker wired from the settings (credentials are checked here: SettingsError)."""
+    sdkappid = settings.require_sdkappid()
+    settings.secret_key()  # fail now, with the variable's name, not at the first call
+    usersigs = UserSigCache(
+        sdkappid,
+        settings.identifier,
+        settings.secret_key,
+        expire=settings.usersig_expire_s,
+        renew_before=max(60, settings.usersig_expire_s // 10),
+    )
+    client = RevokeClient(http, settings.api_base_url, sdkappid, settings.identifier, usersigs)
+    return Worker(
+        worker_config(settings),
+        client,
+        Pacer(settings.interval_s),
+        metrics or Metrics(),
+        on_settled=on_settled,
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """`tim-recall run`: the worker and its HTTP endpoints until SIGTERM or SIGINT."""
+    log = structlog.get_logger()
+    async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:
+        worker = build_worker(settings, http)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stopper(worker, sig))
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.http_port:
+                app = health_app(worker.metrics, worker.readiness)
+                url = await stack.enter_async_context(
+                    serve_app(app, settings.http_host, settings.http_port)
+                )
+                log.info("http_endpoints_serving", url=url)
+            log.info(
+                "worker_starting",
+                queue=settings.queue,
+                dead_letter_queue=settings.dead_letter_queue,
+                results_stream=settings.results_stream,
+                api=settings.api_base_url,
+                interval_s=settings.interval_s,
+            )
+            await worker.run()
+
+
+def _stopper(worker: Worker, sig: signal.Signals) -> Callable[[], None]:
+    def stop() -> None:
+        structlog.get_logger().info("signal_received", signal=sig.name)
+        worker.stop()
+
+    return stop

@@ -1,0 +1,100 @@
+"""The revoke call, the only code that knows httpx: every error becomes an ApiResult."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from consumer.redact import scrub_usersig
+from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.usersig import UserSigCache
+from schemas.api import RevokeResponse
+from schemas.recall import RecallRequest
+
+REVOKE_PATH = "/v4/timpush/revoke"
+RANDOM_RANGE = 2**32  # `random` is an unsigned 32-bit integer
+
+
+def make_http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
+    """One keep-alive client per process, with explicit timeouts."""
+    timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=60.0)
+    return httpx.AsyncClient(
+        timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
+    )
+
+
+class RevokeClient:
+    """Calls `v4/timpush/revoke` and turns whatever happens into an ApiResult."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        sdkappid: int,
+        identifier: str,
+        usersigs: UserSigCache,
+        *,
+        random: Callable[[], int] = lambda: secrets.randbelow(RANDOM_RANGE),
+    ) -> None:
+        self._http = http
+        self._url = base_url.rstrip("/") + REVOKE_PATH
+        self._sdkappid = sdkappid
+        self._identifier = identifier
+        self._usersigs = usersigs
+        self._random = random
+
+    def renew_usersig(self) -> None:
+        """Make a new UserSig before the next call (the server said the old one is no good)."""
+        self._usersigs.renew()
+
+    async def revoke(self, request: RecallRequest) -> ApiResult:
+        """Send one recall and report what came of it."""
+        return await self.post(request.api_body())
+
+    async def post(self, body: dict[str, Any]) -> ApiResult:
+        """POST `body` to the revoke endpoint (also used with a probe body while halted)."""
+        params = {
+            "usersig": self._usersigs.get(),
+            "identifier": self._identifier,
+            "sdkappid": str(self._sdkappid),
+            "random": str(self._random()),
+            "contenttype": "json",
+        }
+        try:
+            response = await self._http.post(self._url, params=params, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            return TransportFailure(FailureKind.CONNECT, _describe(exc))
+        except httpx.TimeoutException as exc:
+            return TransportFailure(FailureKind.TIMEOUT, _describe(exc))
+        except httpx.HTTPError as exc:
+            return TransportFailure(FailureKind.NETWORK, _describe(exc))
+        return _read(response)
+
+
+def _read(response: httpx.Response) -> ApiResult:
+    if response.status_code != 200:
+        return TransportFailure(
+            FailureKind.HTTP_STATUS,
+            f"HTTP {response.status_code}",
+            http_status=response.status_code,
+        )
+    try:
+        parsed = RevokeResponse.model_validate(json.loads(response.content))
+    except (ValueError, ValidationError):
+        return TransportFailure(
+            FailureKind.BAD_BODY,
+            f"HTTP 200 with a body that is not the API's JSON ({len(response.content)} bytes)",
+        )
+    return ApiAnswer(code=parsed.error_code, info=scrub_usersig(parsed.error_info))
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    # str(exc) of httpx errors normally holds no URL, but scrub anyway: the URL carries the UserSig.
+    text = str(exc) or "no detail"
+    return scrub_usersig(f"{type(exc).__name__}: {text}")[:300]

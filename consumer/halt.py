@@ -1,0 +1,63 @@
+"""While halted: probe the API with backoff until our configuration works again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from consumer.client import RevokeClient
+from consumer.pacing import Pacer
+from consumer.policy import History, Outcome, classify
+from consumer.results import ApiAnswer
+
+# A TaskId no push ever had: a working configuration gets 90049 for it, a broken one the error
+# that halted us. Auth is checked before the body, so the probe recalls nothing.
+PROBE_BODY = {"TaskId": "tim-recall-configuration-probe"}
+
+
+class HaltProbe:
+    """Probes with exponential backoff; calls `resume` once an answer is not a HALT."""
+
+    def __init__(self, client: RevokeClient, pacer: Pacer, initial_s: float, max_s: float) -> None:
+        self._client = client
+        self._pacer = pacer
+        self._initial_s = initial_s
+        self._max_s = max_s
+        self._task: asyncio.Task[None] | None = None
+        self._log = structlog.get_logger()
+
+    def start(self, resume: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        """Begin probing in the background (once)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(resume, stopping), name="halt-probe")
+
+    def cancel(self) -> None:
+        """Stop probing (the worker is closing)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self, resume: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
+        wait = self._initial_s
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=wait)
+            if stopping.is_set():
+                return
+            await self._pacer.wait_turn()
+            self._client.renew_usersig()  # picks up a fixed key file
+            result = await self._client.post(PROBE_BODY)
+            self._pacer.call_finished()
+            # The signature is fresh, so an "expired" answer is a clock or key fault: a HALT too.
+            decision = classify(result, History(renewed_usersig=True), self._pacer.interval_s)
+            code = result.code if isinstance(result, ApiAnswer) else None
+            if decision.outcome is not Outcome.HALT and isinstance(result, ApiAnswer):
+                self._log.info("halt_probe_passed", code=code)
+                await resume()
+                return
+            self._log.warning(
+                "halt_probe_failed", code=code, next_probe_s=min(wait * 2, self._max_s)
+            )
+            wait = min(wait * 2, self._max_s)

@@ -1,0 +1,101 @@
+"""Prometheus metrics of one worker, in a registry of its own (tests run several per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.api import ErrorCode
+
+CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SETTLE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+RETRY_REASONS = (
+    "too_frequent",
+    "transient",
+    "usersig_renewal",
+    "usersig_lockout",
+    "timeout",
+    "connect",
+    "network",
+    "bad_body",
+    "http_5xx",
+    "http_4xx",
+)
+TRANSPORT_LABELS = (
+    "transport_connect",
+    "transport_timeout",
+    "transport_network",
+    "transport_http_status",
+    "transport_bad_body",
+)
+
+
+class Metrics:
+    """Every tim_recall_* series, initialised to 0 where its labels are known in advance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.settled = Counter(
+            "tim_recall_requests_settled", "Requests settled, by outcome.", ["outcome"], registry=r
+        )
+        self.republished = Counter(
+            "tim_recall_requests_republished",
+            "Requests sent back to the queue's tail after their retry budget was spent.",
+            registry=r,
+        )
+        self.api_calls = Counter(
+            "tim_recall_api_calls",
+            "Calls to v4/timpush/revoke, by ErrorCode.",
+            ["code"],
+            registry=r,
+        )
+        self.api_call_seconds = Histogram(
+            "tim_recall_api_call_duration_seconds",
+            "Duration of one revoke call.",
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter("tim_recall_retries", "Retries, by reason.", ["reason"], registry=r)
+        self.dead_letters = Counter(
+            "tim_recall_dead_letters",
+            "Dead letters, by ErrorCode and source.",
+            ["code", "source"],
+            registry=r,
+        )
+        self.publish_to_settle_seconds = Histogram(
+            "tim_recall_publish_to_settle_seconds",
+            "From the request's AMQP timestamp to its settlement.",
+            buckets=SETTLE_BUCKETS,
+            registry=r,
+        )
+        self.last_recall = Gauge(
+            "tim_recall_last_recall_timestamp_seconds",
+            "Unix time of the last successful recall (0: none yet).",
+            registry=r,
+        )
+        self.halted = Gauge(
+            "tim_recall_halted",
+            "1 while the worker is halted on its own configuration.",
+            registry=r,
+        )
+        self.active = Gauge(
+            "tim_recall_active",
+            "1 when this replica is the queue's active consumer (it has had a delivery since "
+            "subscribing), 0 while it is a standby.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "tim_recall_broker_connected", "1 while connected to RabbitMQ.", registry=r
+        )
+        for outcome in ("recalled", "dead_lettered"):
+            self.settled.labels(outcome)
+        for error_code in ErrorCode:
+            self.api_calls.labels(str(int(error_code)))
+        for label in TRANSPORT_LABELS:
+            self.api_calls.labels(label)
+        for reason in RETRY_REASONS:
+            self.retries.labels(reason)
+        local = [("90001", "local"), ("90050", "local"), ("90052", "local")]
+        api = [(str(c), "api") for c in (90049, 90050, 90052, 90053, 90001)]
+        for dl_code, source in local + api:
+            self.dead_letters.labels(dl_code, source)

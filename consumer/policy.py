@@ -1,0 +1,119 @@
+"""What an API result means for a request: the outcome table, pure and tested as a table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+
+
+class Outcome(StrEnum):
+    """What becomes of the request after one attempt."""
+
+    RECALLED = "recalled"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+    HALT = "halt"
+
+
+QUOTA_CODES = frozenset({90051, 60007, 60011, 60018, 60019})
+TRANSIENT_CODES = frozenset({91000, 60008, 70169, 70500})
+RENEW_SIG_CODES = frozenset({70001, 70052})
+SIG_LOCKOUT_CODE = 70050
+SIG_LOCKOUT_WAIT_S = 60.0
+ALREADY_RECALLED = 90050
+PERMANENT_CODES = frozenset({90049, 90052, 90053, 90001})
+HALT_CODES = frozenset(
+    {90009, 60004, 60005, 60006, 60010, 60012, 60016, 60020, 60021}
+    | {70002, 70003, 70005, 70009, 70013, 70014, 70016, 70020}
+)
+
+
+@dataclass(frozen=True)
+class History:
+    """What is known of earlier attempts for this request, across deliveries."""
+
+    attempts: int = 0  # API calls already made for it
+    may_have_reached: bool = (
+        False  # an earlier call (or a delivery before a crash) may have recalled it
+    )
+    renewed_usersig: bool = False  # the previous answer already made us renew the UserSig
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one attempt and how to go on."""
+
+    outcome: Outcome
+    reason: str  # snake_case, low-cardinality: a metric label and a log field
+    min_wait_s: float = 0.0  # no retry before this
+    backoff: bool = False  # exponential backoff with jitter on top of min_wait_s
+    renew_usersig: bool = False
+
+
+def classify(result: ApiResult, history: History, interval_s: float = 1.0) -> Decision:
+    """Decide what an API result means, given what earlier attempts may have done."""
+    if isinstance(result, TransportFailure):
+        return _classify_failure(result)
+    return _classify_answer(result, history, interval_s)
+
+
+def _classify_failure(failure: TransportFailure) -> Decision:
+    if failure.kind is FailureKind.HTTP_STATUS:
+        status = failure.http_status or 0
+        if status >= 500 or status in (408, 429):
+            return Decision(Outcome.RETRY, f"http_{status // 100}xx", backoff=True)
+        # 3xx/4xx from the endpoint means a wrong base URL, proxy or path: our own configuration.
+        return Decision(Outcome.HALT, "http_status")
+    return Decision(Outcome.RETRY, failure.kind.value, backoff=True)
+
+
+def _classify_answer(answer: ApiAnswer, history: History, interval_s: float) -> Decision:
+    code = answer.code
+    if code == 0:
+        return Decision(Outcome.RECALLED, "recalled")
+    if code == ALREADY_RECALLED:
+        # Ours if an earlier attempt may have reached the server; else someone else recalled it.
+        if history.may_have_reached:
+            return Decision(Outcome.RECALLED, "recalled_earlier")
+        return Decision(Outcome.DEAD_LETTER, "permanent")
+    if code in QUOTA_CODES:
+        return Decision(Outcome.RETRY, "too_frequent", min_wait_s=max(1.0, interval_s))
+    if code in TRANSIENT_CODES:
+        return Decision(Outcome.RETRY, "transient", backoff=True)
+    if code in RENEW_SIG_CODES:
+        if history.renewed_usersig:
+            # A fresh signature rejected again: the clock or the key is wrong, not the signature.
+            return Decision(Outcome.HALT, "usersig_rejected_after_renewal")
+        return Decision(Outcome.RETRY, "usersig_renewal", renew_usersig=True)
+    if code == SIG_LOCKOUT_CODE:
+        return Decision(Outcome.RETRY, "usersig_lockout", min_wait_s=SIG_LOCKOUT_WAIT_S)
+    if code in PERMANENT_CODES:
+        return Decision(Outcome.DEAD_LETTER, "permanent")
+    if code in HALT_CODES:
+        return Decision(Outcome.HALT, "configuration")
+    # Unknown codes are never retried forever: a person looks at them in the dead-letter queue.
+    return Decision(Outcome.DEAD_LETTER, "unknown_code")
+
+
+class Action(StrEnum):
+    """What settling a delivery does with it; carried out only by the worker's `settle`."""
+
+    ACK = "ack"  # recalled: tell, then ack
+    DEAD_LETTER = "dead_letter"  # publish the dead letter (confirmed), tell, then ack
+    REPUBLISH = "republish"  # budget spent: publish to the queue's tail (confirmed), then ack
+    RELEASE = "release"  # halted: the consumer is cancelled; hand the message back unsettled
+
+
+_ACTIONS = {
+    Outcome.RECALLED: Action.ACK,
+    Outcome.DEAD_LETTER: Action.DEAD_LETTER,
+    Outcome.RETRY: Action.REPUBLISH,
+    Outcome.HALT: Action.RELEASE,
+}
+
+
+def action_for(outcome: Outcome) -> Action:
+    """The one mapping from an outcome to what happens to the delivery."""
+    return _ACTIONS[outcome]

@@ -1,0 +1,154 @@
+"""One request's calls: pace, call, classify, retry with tenacity in a budget. No broker here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_before_delay
+from tenacity.stop import stop_base
+from tenacity.wait import wait_exponential_jitter
+
+from consumer.client import RevokeClient
+from consumer.metrics import Metrics
+from consumer.pacing import Pacer
+from consumer.policy import Decision, History, Outcome, classify
+from consumer.results import ApiAnswer, ApiResult, TransportFailure
+from schemas.recall import RecallRequest
+
+
+@dataclass(frozen=True)
+class RetryRules:
+    """How long one delivery may keep retrying, and how the waits grow."""
+
+    budget_s: float = 300.0
+    initial_s: float = 1.0
+    max_s: float = 30.0
+
+
+@dataclass
+class Attempts:
+    """What the calls for one request came to so far."""
+
+    history: History
+    last: ApiResult | None = None
+    decision: Decision = field(default_factory=lambda: Decision(Outcome.RETRY, "not_called"))
+
+    @property
+    def code(self) -> int | None:
+        """The last ErrorCode answered, None when no answer was read."""
+        return self.last.code if isinstance(self.last, ApiAnswer) else None
+
+    @property
+    def info(self) -> str:
+        """The last ErrorInfo, or what went wrong below the API."""
+        if isinstance(self.last, ApiAnswer):
+            return self.last.info
+        if isinstance(self.last, TransportFailure):
+            return self.last.detail
+        return ""
+
+
+class _StopWhenSet(stop_base):
+    """Stop retrying once the worker is shutting down."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._event.is_set()
+
+
+def metric_code(result: ApiResult) -> str:
+    """The `code` label of one call: its ErrorCode, or the kind of transport failure."""
+    if isinstance(result, ApiAnswer):
+        return str(result.code)
+    return f"transport_{result.kind.value}"
+
+
+class Recaller:
+    """Carries out calls for one request at a time; the decisions are `classify`'s."""
+
+    def __init__(
+        self,
+        client: RevokeClient,
+        pacer: Pacer,
+        metrics: Metrics,
+        rules: RetryRules,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._client = client
+        self._pacer = pacer
+        self._metrics = metrics
+        self._rules = rules
+        self._stopping = stopping
+        self._backoff = wait_exponential_jitter(initial=rules.initial_s, max=rules.max_s)
+
+    async def call_once(self, request: RecallRequest, attempts: Attempts) -> Attempts:
+        """Wait for a slot, make one call, and classify its result."""
+        await self._pacer.wait_turn()
+        started = time.monotonic()
+        result = await self._client.revoke(request)
+        self._pacer.call_finished()
+        self._metrics.api_call_seconds.observe(time.monotonic() - started)
+        self._metrics.api_calls.labels(metric_code(result)).inc()
+        decision = classify(result, attempts.history, self._pacer.interval_s)
+        reached = isinstance(result, ApiAnswer) or result.may_have_arrived
+        attempts.history = History(
+            attempts=attempts.history.attempts + 1,
+            may_have_reached=attempts.history.may_have_reached or reached,
+            renewed_usersig=decision.renew_usersig,
+        )
+        attempts.last = result
+        attempts.decision = decision
+        if decision.renew_usersig:
+            self._client.renew_usersig()
+        return attempts
+
+    async def recall(self, request: RecallRequest, history: History) -> Attempts:
+        """Call until an outcome other than RETRY, the budget is spent, or the worker stops."""
+        attempts = Attempts(history=history)
+        log = structlog.get_logger()
+
+        async def attempt() -> Attempts:
+            if self._stopping.is_set() and attempts.last is not None:
+                return attempts  # shutting down: no new call, settle what we have
+            return await self.call_once(request, attempts)
+
+        def wait(state: RetryCallState) -> float:
+            decision = attempts.decision
+            if decision.backoff:
+                return max(decision.min_wait_s, self._backoff(state))
+            return decision.min_wait_s
+
+        def before_sleep(state: RetryCallState) -> None:
+            reason = attempts.decision.reason
+            self._metrics.retries.labels(reason).inc()
+            wait_s = state.upcoming_sleep
+            log.info(
+                "retry_scheduled",
+                reason=reason,
+                code=attempts.code,
+                wait_s=round(wait_s, 3),
+                attempts=attempts.history.attempts,
+                info=attempts.info,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda a: a.decision.outcome is Outcome.RETRY),
+            stop=stop_before_delay(self._rules.budget_s) | _StopWhenSet(self._stopping),
+            wait=wait,
+            sleep=self._sleep_unless_stopping,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: attempts,
+        )
+        result: Attempts = await retrying(attempt)
+        return result
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

@@ -1,0 +1,32 @@
+"""Remove secrets from text: the SecretKey, any UserSig, any `usersig=` query value."""
+
+from __future__ import annotations
+
+import re
+
+REDACTED = "[redacted]"
+_USERSIG_QUERY = re.compile(r"(usersig=)[^&\s'\"]*", re.IGNORECASE)
+# A UserSig is zlib-compressed JSON in url-safe base64: it starts with "eJ" (0x78 0x9c) and is long.
+_USERSIG_TOKEN = re.compile(r"eJ[A-Za-z0-9*\-_+/=]{40,}")
+
+
+class Redactor:
+    """Scrubs known secrets and anything shaped like a UserSig from strings."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def with_secret(self, secret: str) -> Redactor:
+        """A redactor that also scrubs `secret`."""
+        return Redactor((*self._secrets, secret))
+
+    def __call__(self, text: str) -> str:
+        """`text` with every secret replaced by a marker."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _USERSIG_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+        return _USERSIG_TOKEN.sub(REDACTED, text)
+
+
+scrub_usersig = Redactor()

@@ -1,0 +1,98 @@
+"""The results stream: publish one event per settled request; read events back from an offset."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from schemas.events import ResultEvent
+
+RESULT_TYPE = "tim-recall.result"
+MARKER_TYPE = "tim-recall.marker"  # written by a reader to know where "now" is in the stream
+
+Offset = str | int | datetime  # "first", "last", "next", an offset, or a timestamp
+
+
+def result_message(event: ResultEvent) -> aio_pika.Message:
+    """The AMQP message of one results event."""
+    return aio_pika.Message(
+        body=event.to_json_bytes(),
+        content_type="application/json",
+        type=RESULT_TYPE,
+        correlation_id=event.correlation_id,
+        message_id=event.message_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=event.settled_at,
+    )
+
+
+def parse_result(message: AbstractIncomingMessage) -> ResultEvent | None:
+    """The event a stream message holds, or None for markers and foreign messages."""
+    if message.type != RESULT_TYPE:
+        return None
+    try:
+        return ResultEvent.model_validate_json(message.body)
+    except ValidationError:
+        return None
+
+
+async def read_results(
+    connection: AbstractConnection,
+    stream: str,
+    offset: Offset,
+    *,
+    follow: bool = False,
+    idle_timeout: float = 10.0,
+    prefetch: int = 500,
+) -> AsyncIterator[ResultEvent]:
+    """Yield results events from `offset`: up to now (a marker we write), or forever with `follow`.
+
+    A stream has no end-of-data signal in AMQP 0.9.1, so the reader appends a marker first and
+    stops when it reads it back: every event published before the call is then seen.
+    """
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        marker = str(uuid.uuid4())
+        if not follow:
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"{}", type=MARKER_TYPE, message_id=marker), routing_key=stream
+            )
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(stream, ensure=False)
+        async with queue.iterator(arguments={"x-stream-offset": offset}) as messages:
+            while True:
+                try:
+                    message = await asyncio.wait_for(messages.__anext__(), timeout=idle_timeout)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if follow:
+                        continue
+                    raise TimeoutError(
+                        f"no marker back from stream {stream!r} in {idle_timeout} s"
+                    ) from None
+                await message.ack()
+                if message.type == MARKER_TYPE and message.message_id == marker:
+                    return
+                event = parse_result(message)
+                if event is not None:
+                    yield event
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def publish_confirmed(
+    channel: AbstractChannel, message: aio_pika.Message, routing_key: str
+) -> None:
+    """Publish through the default exchange, mandatory, and wait for the broker's confirm."""
+    await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
+
+
+Publisher = Callable[[aio_pika.Message, str], Awaitable[None]]

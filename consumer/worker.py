@@ -1,0 +1,449 @@
+"""The consume loop: one delivery at a time through parse, prepare, recall, settle, tell."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
+
+from consumer.client import RevokeClient
+from consumer.envelope import Envelope, dead_letter_message, read_envelope, republish_message
+from consumer.halt import HaltProbe
+from consumer.metrics import Metrics
+from consumer.pacing import Pacer
+from consumer.policy import Action, History, Outcome, action_for
+from consumer.prepare import (
+    RECALL_WINDOW_S,
+    PrepareRules,
+    RecallMemory,
+    Refuse,
+    prepare,
+    window_closed,
+)
+from consumer.recaller import Attempts, Recaller, RetryRules
+from consumer.stream import publish_confirmed, read_results, result_message
+from consumer.topology import Topology, declare
+from schemas.events import ResultEvent
+from schemas.recall import InvalidRequest, RecallRequest, parse_request
+
+Clock = Callable[[], float]
+SETTLE_ERRORS = (
+    ChannelInvalidStateError,
+    DeliveryError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one delivery came to, ready to be settled and told."""
+
+    outcome: Outcome
+    code: int | None
+    info: str
+    source: Literal["api", "local"]
+    attempts: int
+    reason: str
+    may_have_reached: bool
+    task_id: str | None
+    has_offline_push_info: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The parts of the settings the worker follows."""
+
+    amqp_url: str
+    topology: Topology
+    retry: RetryRules
+    prepare: PrepareRules
+    max_body_bytes: int = 64 * 1024
+    halt_probe_initial_s: float = 5.0
+    halt_probe_max_s: float = 300.0
+
+
+class Worker:
+    """Takes recall requests one at a time and settles each exactly once."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: RevokeClient,
+        pacer: Pacer,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        on_settled: Callable[[ResultEvent], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.memory = RecallMemory()
+        self.halted = False
+        self._client = client
+        self._pacer = pacer
+        self._clock = clock
+        self._on_settled = on_settled
+        self._stopping = asyncio.Event()
+        self._recaller = Recaller(client, pacer, metrics, config.retry, self._stopping)
+        self._probe = HaltProbe(client, pacer, config.halt_probe_initial_s, config.halt_probe_max_s)
+        self._busy = asyncio.Lock()
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._taken_over = False  # set on the first delivery since subscribing
+        self._log = structlog.get_logger().bind(queue=config.topology.queue)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, bool]:
+        """Each readiness condition: connected, consumer registered, not halted."""
+        return {
+            "connected": self._connection is not None and not self._connection.is_closed,
+            "consuming": self._consumer_tag is not None,
+            "not_halted": not self.halted,
+        }
+
+    def stop(self) -> None:
+        """Stop taking messages; the call in flight finishes and is settled."""
+        self._stopping.set()
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        """Connect, declare, consume until `stop()`, then close."""
+        topology = self.config.topology
+        self._connection = await aio_pika.connect_robust(
+            self.config.amqp_url, client_properties={"connection_name": "tim-recall"}
+        )
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_disconnect)
+        try:
+            await declare(self._connection, topology)
+            consumer_channel = await self._connection.channel()
+            await consumer_channel.set_qos(prefetch_count=1)
+            self._queue = await consumer_channel.declare_queue(
+                topology.queue, durable=True, arguments=topology.queue_arguments()
+            )
+            self._publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self.metrics.connected.set(1)
+            self._pacer.hold()
+            await self._start_consuming()
+            if started is not None:
+                started.set()
+            await self._stopping.wait()
+            await self._stop_consuming()
+            async with self._busy:  # the delivery in hand is settled before we close
+                pass
+        finally:
+            self._probe.cancel()
+            await self._connection.close()
+            self.metrics.connected.set(0)
+            self._log.info("worker_stopped")
+
+    async def _start_consuming(self) -> None:
+        assert self._queue is not None
+        self._taken_over = False
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._log.info("consumer_registered", consumer_tag=self._consumer_tag)
+
+    async def _stop_consuming(self) -> None:
+        tag, self._consumer_tag = self._consumer_tag, None
+        self.metrics.active.set(0)
+        if tag is not None and self._queue is not None:
+            try:
+                await self._queue.cancel(tag)
+            except SETTLE_ERRORS as exc:
+                self._log.warning("consumer_cancel_failed", error=type(exc).__name__)
+
+    def _on_reconnect(self, *_: object) -> None:
+        # Another replica may have been active while we were away: treat the next delivery as a
+        # takeover (wait one interval, rebuild the memory).
+        self._taken_over = False
+        self.metrics.connected.set(1)
+        self._log.info("broker_reconnected")
+
+    def _on_disconnect(self, *_: object) -> None:
+        self.metrics.connected.set(0)
+        self.metrics.active.set(0)
+
+    # ---- one delivery ----------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        async with self._busy:
+            if self._stopping.is_set() or self.halted:
+                await self._release(message)
+                return
+            if not self._taken_over:
+                await self._take_over()
+            started = time.monotonic()
+            envelope = read_envelope(message, self._clock())
+            log = self._log.bind(
+                message_id=message.message_id, correlation_id=message.correlation_id
+            )
+            verdict = await self._decide(message, envelope, log)
+            log = log.bind(task_id=verdict.task_id)
+            if verdict.outcome is Outcome.HALT:
+                await self._halt(message, verdict, log)
+                return
+            settled = await self.settle(message, envelope, verdict, log)
+            self._tell(message, verdict, settled, time.monotonic() - started, log)
+
+    async def _take_over(self) -> None:
+        """First delivery since subscribing: we may have just become the active consumer."""
+        self._taken_over = True
+        self._pacer.hold()  # the replica before us may have called just now
+        self.metrics.active.set(1)
+        await self._rebuild_memory()
+
+    async def _rebuild_memory(self) -> None:
+        assert self._connection is not None
+        now = self._clock()
+        since = datetime.fromtimestamp(now - RECALL_WINDOW_S, UTC)
+        self.memory.clear()
+        count = 0
+        try:
+            async for event in read_results(
+                self._connection, self.config.topology.results_stream, since
+            ):
+                count += 1
+                if event.outcome == "recalled" and event.task_id is not None:
+                    self.memory.remember(event.task_id, event.settled_at.timestamp(), now)
+        except (TimeoutError, *SETTLE_ERRORS) as exc:
+            # Without the memory we may spend a call on a duplicate; the API still answers 90050.
+            self._log.warning("memory_rebuild_incomplete", error=type(exc).__name__, read=count)
+            return
+        self._log.info("memory_rebuilt", events=count, recalled=len(self.memory))
+
+    async def _decide(
+        self, message: AbstractIncomingMessage, envelope: Envelope, log: structlog.BoundLogger
+    ) -> Verdict:
+        try:
+            request = parse_request(message.body, self.config.max_body_bytes)
+        except InvalidRequest as exc:
+            return _local(90001, exc.info, "invalid", envelope, None)
+        now = self._clock()
+        prepared = prepare(request, envelope.first_seen, self.memory, self.config.prepare, now)
+        if isinstance(prepared, Refuse):
+            return _local(prepared.code, prepared.info, prepared.reason, envelope, request)
+        attempts = await self._recaller.recall(
+            prepared.request, History(envelope.attempts, envelope.may_have_reached)
+        )
+        return self._verdict(prepared.request, envelope, attempts)
+
+    def _verdict(self, request: RecallRequest, envelope: Envelope, attempts: Attempts) -> Verdict:
+        decision = attempts.decision
+        if decision.outcome is Outcome.RETRY:
+            # Budget spent or shutting down. A recall whose window surely closed is not sent back.
+            closed = window_closed(
+                request.task_id, envelope.first_seen, self.config.prepare, self._clock()
+            )
+            if closed is not None:
+                envelope = Envelope(
+                    attempts.history.attempts,
+                    envelope.first_seen,
+                    attempts.history.may_have_reached,
+                    envelope.message_id,
+                    envelope.correlation_id,
+                )
+                return _local(closed.code, closed.info, "expired", envelope, request)
+        return Verdict(
+            outcome=decision.outcome,
+            code=attempts.code,
+            info=attempts.info,
+            source="api",
+            attempts=attempts.history.attempts,
+            reason=decision.reason,
+            may_have_reached=attempts.history.may_have_reached,
+            task_id=request.task_id,
+            has_offline_push_info=request.offline_push_info is not None,
+        )
+
+    # ---- settling: the only code that acks -------------------------------------------------
+
+    async def settle(
+        self,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+        verdict: Verdict,
+        log: structlog.BoundLogger,
+    ) -> ResultEvent | None:
+        """Carry out the verdict's action; returns the results event when the request is settled."""
+        assert self._publisher is not None
+        action = action_for(verdict.outcome)
+        topology = self.config.topology
+        now = self._clock()
+        event: ResultEvent | None = None
+        try:
+            if action is Action.RELEASE:
+                await message.nack(requeue=True)
+                return None
+            if action is Action.REPUBLISH:
+                again = republish_message(
+                    message,
+                    attempts=verdict.attempts,
+                    first_seen=envelope.first_seen,
+                    may_have_reached=verdict.may_have_reached,
+                )
+                await self._publish(again, topology.queue)
+                await message.ack()
+                return None
+            if action is Action.DEAD_LETTER:
+                dead = dead_letter_message(
+                    message,
+                    code=verdict.code if verdict.code is not None else 0,
+                    info=verdict.info,
+                    source=verdict.source,
+                    attempts=verdict.attempts,
+                    first_seen=envelope.first_seen,
+                    now=now,
+                )
+                await self._publish(dead, topology.dead_letter_queue)
+            event = _event(message, envelope, verdict, now)
+            await self._publish(result_message(event), topology.results_stream)
+            await message.ack()
+        except SETTLE_ERRORS as exc:
+            # Not settled: the broker redelivers it (a redelivery answered 90050 counts as ours).
+            log.warning("settle_failed", action=action.value, error=type(exc).__name__)
+            return None
+        return event
+
+    async def _publish(self, message: aio_pika.Message, routing_key: str) -> None:
+        assert self._publisher is not None
+        assert self._connection is not None
+        try:
+            await publish_confirmed(self._publisher, message, routing_key)
+        except DeliveryError:
+            # Unroutable: a queue was deleted under us. Declare the topology again, then retry once.
+            self._log.warning("queue_missing_redeclaring", routing_key=routing_key)
+            await declare(self._connection, self.config.topology)
+            await publish_confirmed(self._publisher, message, routing_key)
+
+    async def _release(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.nack(requeue=True)
+        except SETTLE_ERRORS as exc:
+            self._log.warning("release_failed", error=type(exc).__name__)
+
+    # ---- halting ---------------------------------------------------------------------------
+
+    async def _halt(
+        self, message: AbstractIncomingMessage, verdict: Verdict, log: structlog.BoundLogger
+    ) -> None:
+        """Our own configuration is wrong: stop consuming, hand the message back, probe."""
+        self.halted = True
+        self.metrics.halted.set(1)
+        await self._stop_consuming()  # first, so the message does not come straight back
+        await self._release(message)
+        log.error(
+            "worker_halted",
+            code=verdict.code,
+            info=verdict.info,
+            reason=verdict.reason,
+            hint="check TIM_SDKAPPID, TIM_IDENTIFIER, the SecretKey, TIM_REGION/TIM_BASE_URL",
+        )
+        self._probe.start(self._resume, self._stopping)
+
+    async def _resume(self) -> None:
+        self.halted = False
+        self.metrics.halted.set(0)
+        self._log.info("worker_resumed")
+        if not self._stopping.is_set():
+            self._pacer.hold()
+            await self._start_consuming()
+
+    # ---- telling ---------------------------------------------------------------------------
+
+    def _tell(
+        self,
+        message: AbstractIncomingMessage,
+        verdict: Verdict,
+        event: ResultEvent | None,
+        duration_s: float,
+        log: structlog.BoundLogger,
+    ) -> None:
+        fields = {
+            "outcome": verdict.outcome.value,
+            "code": verdict.code,
+            "source": verdict.source,
+            "attempts": verdict.attempts,
+            "reason": verdict.reason,
+            "duration_s": round(duration_s, 4),
+        }
+        if verdict.outcome is Outcome.RETRY:
+            if action_for(verdict.outcome) is Action.REPUBLISH:
+                self.metrics.republished.inc()
+            log.warning("request_republished", info=verdict.info, **fields)
+            return
+        if event is None:
+            return  # not settled; logged by settle
+        if event.outcome == "recalled":
+            self.metrics.last_recall.set(event.settled_at.timestamp())
+            if event.task_id is not None:
+                self.memory.remember(event.task_id, event.settled_at.timestamp(), self._clock())
+            log.info("request_recalled", **fields)
+        else:
+            self.metrics.dead_letters.labels(str(verdict.code), verdict.source).inc()
+            log.warning("request_dead_lettered", info=verdict.info, **fields)
+        self.metrics.settled.labels(event.outcome).inc()
+        if message.timestamp is not None:
+            sent = message.timestamp.replace(tzinfo=message.timestamp.tzinfo or UTC)
+            self.metrics.publish_to_settle_seconds.observe(
+                max(0.0, (event.settled_at - sent) / timedelta(seconds=1))
+            )
+        if self._on_settled is not None:
+            self._on_settled(event)
+
+
+def _local(
+    code: int,
+    info: str,
+    reason: str,
+    envelope: Envelope,
+    request: RecallRequest | None,
+) -> Verdict:
+    return Verdict(
+        outcome=Outcome.DEAD_LETTER,
+        code=code,
+        info=info,
+        source="local",
+        attempts=envelope.attempts,
+        reason=reason,
+        may_have_reached=envelope.may_have_reached,
+        task_id=request.task_id if request else None,
+        has_offline_push_info=bool(request and request.offline_push_info is not None),
+    )
+
+
+def _event(
+    message: AbstractIncomingMessage, envelope: Envelope, verdict: Verdict, now: float
+) -> ResultEvent:
+    return ResultEvent(
+        task_id=verdict.task_id,
+        outcome="recalled" if verdict.outcome is Outcome.RECALLED else "dead_lettered",
+        error_code=verdict.code if verdict.code is not None else 0,
+        error_info=verdict.info,
+        source=verdict.source,
+        attempts=verdict.attempts,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        first_seen=datetime.fromtimestamp(envelope.first_seen, UTC),
+        settled_at=datetime.fromtimestamp(now, UTC),
+        has_offline_push_info=verdict.has_offline_push_info,
+    )

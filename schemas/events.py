@@ -1,0 +1,54 @@
+"""Dead-letter headers and the results event: what tim-recall tells about each request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Headers tim-recall sets on a dead letter (and, for attempts and first-seen, on a re-publish).
+H_ERROR_CODE = "x-recall-error-code"
+H_ERROR_INFO = "x-recall-error-info"
+H_ERROR_SOURCE = "x-recall-error-source"
+H_ATTEMPTS = "x-recall-attempts"
+H_FIRST_SEEN = "x-recall-first-seen"  # unix seconds (int) when a worker first took the request
+H_MAY_HAVE_REACHED = "x-recall-may-have-reached"  # an earlier call may have recalled it
+H_DEAD_LETTERED_AT = "x-recall-dead-lettered-at"  # unix seconds (int)
+RECALL_ERROR_HEADERS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT)
+
+Source = Literal["api", "local"]
+SettledOutcome = Literal["recalled", "dead_lettered"]
+
+
+class ResultEvent(BaseModel):
+    """One settled request, as published to the results stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="RecallResultEvent")
+
+    task_id: str | None = Field(
+        description="The TaskId; null when the body was not a valid request."
+    )
+    outcome: SettledOutcome
+    error_code: int = Field(
+        description="The API's ErrorCode (0 when recalled); 90001 for bad input."
+    )
+    error_info: str = ""
+    source: Source = Field(
+        description="'api' when Tencent answered, 'local' when the worker decided."
+    )
+    attempts: int = Field(ge=0, description="API calls made for this request, across deliveries.")
+    message_id: str | None = None
+    correlation_id: str | None = None
+    first_seen: datetime
+    settled_at: datetime
+    has_offline_push_info: bool = False
+
+    def to_json_bytes(self) -> bytes:
+        """The event as the UTF-8 JSON published to the stream."""
+        return self.model_dump_json().encode()
+
+
+def result_event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the results event, for subscribers."""
+    return ResultEvent.model_json_schema()
