@@ -85,7 +85,9 @@ class Recaller:
         self._metrics = metrics
         self._rules = rules
         self._stopping = stopping
-        self._backoff = wait_exponential_jitter(initial=rules.initial_s, max=rules.max_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=rules.initial_s, max=rules.max_s, jitter=rules.initial_s
+        )
 
     async def call_once(self, request: RecallRequest, attempts: Attempts) -> Attempts:
         """Wait for a slot, make one call, and classify its result."""
@@ -108,10 +110,11 @@ class Recaller:
             self._client.renew_usersig()
         return attempts
 
-    async def recall(self, request: RecallRequest, history: History) -> Attempts:
+    async def recall(
+        self, request: RecallRequest, history: History, log: structlog.typing.FilteringBoundLogger
+    ) -> Attempts:
         """Call until an outcome other than RETRY, the budget is spent, or the worker stops."""
         attempts = Attempts(history=history)
-        log = structlog.get_logger()
 
         async def attempt() -> Attempts:
             if self._stopping.is_set() and attempts.last is not None:

@@ -182,6 +182,15 @@ class Sandbox:
         with self._lock:
             self._tasks[task_id].started_at -= seconds
 
+    def mark_recalled(self, task_id: str) -> None:
+        """Recall a task behind the worker's back (another client did it); KeyError if unknown."""
+        now = self._clock()
+        with self._lock:
+            task = self._tasks[task_id]
+            if task.recalled_at is None:
+                task.recalled_at = now
+                self._recalled.append(task_id)
+
     def is_recalled(self, task_id: str) -> bool:
         """Whether the task has been recalled."""
         task = self._tasks.get(task_id)
@@ -523,11 +532,24 @@ def _base_url(sock: socket.socket) -> str:
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves the host process's signal handlers alone."""
+    """A uvicorn server for someone else's process: no signal handlers, prompt exit."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stop = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        yield
+        yield  # SIGINT/SIGTERM belong to the host (the worker, pytest)
+
+    async def main_loop(self) -> None:
+        # uvicorn's loop, except that it wakes as soon as `stop` is set instead of within 0.1 s:
+        # many tests start and stop a sandbox each.
+        counter = 0
+        while not await self.on_tick(counter):
+            counter += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.1)
 
 
 @contextlib.asynccontextmanager
@@ -556,6 +578,7 @@ async def serve_sandbox(
     finally:
         sandbox._end_pauses()  # answer hanging calls now rather than keep shutdown waiting
         server.should_exit = True
+        server.stop.set()
         if not task.done():
             await task
         sock.close()

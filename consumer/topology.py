@@ -11,6 +11,8 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from consumer.settings import Settings
 
+DLQ_DELIVERY_LIMIT = 1_000_000
+
 
 class TopologyError(Exception):
     """A queue exists with other arguments than tim-recall needs, or cannot be declared."""
@@ -49,8 +51,11 @@ class Topology:
         }
 
     def dead_letter_arguments(self) -> dict[str, Any]:
-        """The dead-letter queue: a plain durable quorum queue."""
-        return {"x-queue-type": "quorum"}
+        """The dead-letter queue: a durable quorum queue that never drops what it holds."""
+        # `tim-recall dlq list` reads by taking messages and handing them back; before RabbitMQ
+        # 4.3 every hand-back counts as a delivery, and 4.x drops a message after 20 by default.
+        # A dead-letter queue must keep its messages however often it is listed.
+        return {"x-queue-type": "quorum", "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
     def results_arguments(self) -> dict[str, Any]:
         """The results stream: append-only, kept for `results_max_age`."""

@@ -12,6 +12,7 @@ from typing import Literal
 import aio_pika
 import aiormq
 import structlog
+from structlog.typing import FilteringBoundLogger
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -232,7 +233,7 @@ class Worker:
         self._log.info("memory_rebuilt", events=count, recalled=len(self.memory))
 
     async def _decide(
-        self, message: AbstractIncomingMessage, envelope: Envelope, log: structlog.BoundLogger
+        self, message: AbstractIncomingMessage, envelope: Envelope, log: FilteringBoundLogger
     ) -> Verdict:
         try:
             request = parse_request(message.body, self.config.max_body_bytes)
@@ -242,8 +243,9 @@ class Worker:
         prepared = prepare(request, envelope.first_seen, self.memory, self.config.prepare, now)
         if isinstance(prepared, Refuse):
             return _local(prepared.code, prepared.info, prepared.reason, envelope, request)
+        log = log.bind(task_id=request.task_id)
         attempts = await self._recaller.recall(
-            prepared.request, History(envelope.attempts, envelope.may_have_reached)
+            prepared.request, History(envelope.attempts, envelope.may_have_reached), log
         )
         return self._verdict(prepared.request, envelope, attempts)
 
@@ -282,7 +284,7 @@ class Worker:
         message: AbstractIncomingMessage,
         envelope: Envelope,
         verdict: Verdict,
-        log: structlog.BoundLogger,
+        log: FilteringBoundLogger,
     ) -> ResultEvent | None:
         """Carry out the verdict's action; returns the results event when the request is settled."""
         assert self._publisher is not None
@@ -344,7 +346,7 @@ class Worker:
     # ---- halting ---------------------------------------------------------------------------
 
     async def _halt(
-        self, message: AbstractIncomingMessage, verdict: Verdict, log: structlog.BoundLogger
+        self, message: AbstractIncomingMessage, verdict: Verdict, log: FilteringBoundLogger
     ) -> None:
         """Our own configuration is wrong: stop consuming, hand the message back, probe."""
         self.halted = True
@@ -376,7 +378,7 @@ class Worker:
         verdict: Verdict,
         event: ResultEvent | None,
         duration_s: float,
-        log: structlog.BoundLogger,
+        log: FilteringBoundLogger,
     ) -> None:
         fields = {
             "outcome": verdict.outcome.value,

@@ -1,0 +1,200 @@
+"""Dead-letter tools: list, replay and purge, each safe while workers run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from schemas.events import (
+    H_ATTEMPTS,
+    H_DEAD_LETTERED_AT,
+    H_ERROR_CODE,
+    H_ERROR_INFO,
+    H_ERROR_SOURCE,
+)
+
+BROKER_HEADERS = (
+    "x-death",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-last-death-exchange",
+    "x-delivery-count",
+)
+REPLAY_DROPS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT, *BROKER_HEADERS)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter as an operator sees it."""
+
+    task_id: str | None
+    code: int | None
+    info: str
+    source: str  # api, local, or "broker:<reason>" when RabbitMQ dead-lettered it itself
+    attempts: int
+    when: datetime | None
+    message_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "task_id": self.task_id,
+            "code": self.code,
+            "info": self.info,
+            "source": self.source,
+            "attempts": self.attempts,
+            "when": self.when.isoformat() if self.when else None,
+            "message_id": self.message_id,
+        }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _task_id(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    task_id = doc.get("TaskId") if isinstance(doc, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+def describe(message: AbstractIncomingMessage) -> DeadLetter:
+    """What a dead letter says about itself (ours, or dead-lettered by the broker)."""
+    headers = message.headers or {}
+    code = headers.get(H_ERROR_CODE)
+    when = headers.get(H_DEAD_LETTERED_AT)
+    source = _text(headers.get(H_ERROR_SOURCE))
+    info = _text(headers.get(H_ERROR_INFO))
+    at = datetime.fromtimestamp(when, UTC) if isinstance(when, int) else None
+    deaths = headers.get("x-death")
+    if code is None and isinstance(deaths, list) and deaths:
+        death = deaths[0] if isinstance(deaths[0], dict) else {}
+        reason = _text(death.get("reason")) or _text(headers.get("x-first-death-reason"))
+        source = f"broker:{reason or 'unknown'}"
+        info = f"dead-lettered by RabbitMQ from {_text(death.get('queue'))} ({reason})"
+        t = death.get("time")
+        at = t if isinstance(t, datetime) else at
+    attempts = headers.get(H_ATTEMPTS)
+    return DeadLetter(
+        task_id=_task_id(message.body),
+        code=code if isinstance(code, int) else None,
+        info=info,
+        source=source or "unknown",
+        attempts=attempts if isinstance(attempts, int) else 0,
+        when=at,
+        message_id=message.message_id,
+    )
+
+
+def matcher(code: int | None, task_id: str | None) -> Callable[[DeadLetter], bool]:
+    """A filter on code and TaskId (None matches anything)."""
+
+    def match(letter: DeadLetter) -> bool:
+        return (code is None or letter.code == code) and (
+            task_id is None or letter.task_id == task_id
+        )
+
+    return match
+
+
+async def _take_all(queue: AbstractQueue, limit: int | None) -> list[AbstractIncomingMessage]:
+    taken: list[AbstractIncomingMessage] = []
+    while limit is None or len(taken) < limit:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            break
+        taken.append(message)
+    return taken
+
+
+async def list_dead_letters(amqp_url: str, dlq: str, limit: int | None) -> list[DeadLetter]:
+    """The first `limit` dead letters; every message is handed back, in order."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(dlq, ensure=True)
+        taken = await _take_all(queue, limit)
+        letters = [describe(m) for m in taken]
+        # Closing the channel hands every unacked message back in its place.
+        await channel.close()
+        return letters
+    finally:
+        await connection.close()
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a replay or purge did."""
+
+    matched: int
+    kept: int
+
+
+async def move_dead_letters(
+    amqp_url: str,
+    dlq: str,
+    target_queue: str | None,
+    match: Callable[[DeadLetter], bool],
+    *,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Replay (to `target_queue`) or purge (None) the matching dead letters; others stay in order.
+
+    Each replayed message is published with a confirm before its dead letter is acked.
+    """
+    connection = await aio_pika.connect(amqp_url)
+    matched = kept = 0
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        queue = await channel.get_queue(dlq, ensure=True)
+        for message in await _take_all(queue, None):
+            letter = describe(message)
+            wanted = match(letter) and (limit is None or matched < limit)
+            if not wanted:
+                kept += 1
+                continue
+            matched += 1
+            if not dry_run:
+                if target_queue is not None:
+                    await channel.default_exchange.publish(
+                        _replayed(message), routing_key=target_queue, mandatory=True
+                    )
+                await message.ack()
+            if progress is not None:
+                progress(1)
+        await channel.close()  # the kept ones go back, in order
+    finally:
+        await connection.close()
+    return Summary(matched=matched, kept=kept)
+
+
+def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in REPLAY_DROPS}
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )

@@ -1,0 +1,228 @@
+"""Fixtures for tests against the real RabbitMQ and the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from consumer.app import build_worker
+from consumer.client import make_http_client
+from consumer.metrics import Metrics
+from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
+from consumer.settings import Settings, load_settings
+from consumer.worker import Worker
+from schemas.events import ResultEvent
+
+FAST_INTERVAL_S = 0.1
+OVERWRITE = {"Title": "Recalled", "Desc": "This message was recalled."}
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float, what: str = "condition"
+) -> None:
+    """Poll `predicate` every 20 ms until true; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Names:
+    """One test's own queue names."""
+
+    queue: str = field(default_factory=lambda: f"test-recall-{uuid.uuid4().hex[:12]}")
+
+    @property
+    def dead(self) -> str:
+        return f"{self.queue}.dead"
+
+    @property
+    def results(self) -> str:
+        return f"{self.queue}.results"
+
+
+class Broker:
+    """Publish to and look into the test's queues through a plain connection."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, names: Names) -> None:
+        self.connection = connection
+        self.names = names
+
+    async def publish(
+        self,
+        body: bytes | dict[str, Any],
+        *,
+        queue: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        **properties: Any,
+    ) -> str:
+        """Publish one message (confirmed); returns its message_id."""
+        import json
+
+        raw = json.dumps(body).encode() if isinstance(body, dict) else body
+        message_id = message_id or str(uuid.uuid4())
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    raw,
+                    message_id=message_id,
+                    correlation_id=correlation_id,
+                    headers=headers,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    **properties,
+                ),
+                routing_key=queue or self.names.queue,
+                mandatory=True,
+            )
+        finally:
+            await channel.close()
+        return message_id
+
+    async def count(self, queue: str) -> int:
+        """Messages ready in `queue` (passive declare)."""
+        channel = await self.connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
+    async def take(self, queue: str) -> list[AbstractIncomingMessage]:
+        """Remove and return every message in `queue`."""
+        channel = await self.connection.channel()
+        taken: list[AbstractIncomingMessage] = []
+        try:
+            q = await channel.get_queue(queue, ensure=False)
+            while (message := await q.get(no_ack=False, fail=False)) is not None:
+                await message.ack()
+                taken.append(message)
+        finally:
+            await channel.close()
+        return taken
+
+    async def delete(self, *queues: str) -> None:
+        """Delete queues, ignoring those that do not exist."""
+        for name in queues:
+            channel = await self.connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(name)
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names()
+
+
+@pytest.fixture
+async def broker(amqp_url: str, names: Names) -> AsyncIterator[Broker]:
+    connection = await aio_pika.connect(amqp_url)
+    helper = Broker(connection, names)
+    try:
+        yield helper
+    finally:
+        await helper.delete(names.queue, names.dead, names.results)
+        await connection.close()
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    return Sandbox(SandboxConfig(min_interval=FAST_INTERVAL_S))
+
+
+@pytest.fixture
+async def sandbox_url(sandbox: Sandbox) -> AsyncIterator[str]:
+    async with serve_sandbox(sandbox) as url:
+        yield url
+
+
+def worker_settings(
+    amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names, **overrides: Any
+) -> Settings:
+    """Settings for a worker against the sandbox, on the test's queues, at a short interval."""
+    values: dict[str, Any] = {
+        "sdkappid": sandbox.config.sdkappid,
+        "secret_key_value": sandbox.config.secret_key,
+        "base_url": sandbox_url,
+        "amqp_url": amqp_url,
+        "queue": names.queue,
+        "interval_s": sandbox.config.min_interval,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.5,
+        "retry_budget_s": 10.0,
+        "halt_probe_initial_s": 0.2,
+        "halt_probe_max_s": 0.5,
+        "http_port": 0,
+        "read_timeout_s": 2.0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class RunningWorker:
+    """A worker running in this test's event loop, and what it settled."""
+
+    worker: Worker
+    settled: list[ResultEvent]
+    metrics: Metrics
+
+    def outcomes(self) -> dict[str | None, tuple[str, int]]:
+        return {e.message_id: (e.outcome, e.error_code) for e in self.settled}
+
+    async def wait_settled(self, count: int, timeout: float = 20.0) -> None:
+        await wait_until(lambda: len(self.settled) >= count, timeout, f"{count} settled requests")
+
+
+WorkerFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningWorker]]
+
+
+@pytest.fixture
+def run_worker(
+    amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names
+) -> WorkerFactory:
+    """`async with run_worker(**setting_overrides) as running:` runs a worker in-process."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RunningWorker]:
+        settings = worker_settings(amqp_url, sandbox, sandbox_url, names, **overrides)
+        settled: list[ResultEvent] = []
+        metrics = Metrics()
+        async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:
+            worker = build_worker(settings, http, metrics=metrics, on_settled=settled.append)
+            started = asyncio.Event()
+            task = asyncio.create_task(worker.run(started))
+            done, _ = await asyncio.wait(
+                [task, asyncio.create_task(started.wait())],
+                timeout=15,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if task in done:
+                task.result()  # raises why the worker could not start
+            try:
+                yield RunningWorker(worker, settled, metrics)
+            finally:
+                worker.stop()
+                await asyncio.wait_for(task, timeout=30)
+
+    return start

@@ -1,0 +1,218 @@
+"""schemas/recall.py: parsing producer bodies, and the body sent to the API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.recall import (
+    InvalidRequest,
+    OfflinePushInfo,
+    RecallRequest,
+    parse_request,
+    request_json_schema,
+)
+
+SAMPLE: dict[str, Any] = {
+    "TaskId": "660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e",
+    "OfflinePushInfo": {"Title": "recall title", "Desc": "The other party has recalled a message."},
+}
+
+
+def body(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_sample_parses_and_round_trips_exactly() -> None:
+    request = parse_request(body(SAMPLE))
+    assert request.task_id == SAMPLE["TaskId"]
+    assert request.api_body() == SAMPLE
+
+
+def test_misspelt_top_level_field_is_refused_and_named() -> None:
+    doc = {"TaskId": SAMPLE["TaskId"], "OfflinePushinfo": {"Title": "t"}}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(body(doc))
+    assert "OfflinePushinfo" in caught.value.info
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"Title": "t", "NewField": "x"},
+        {"NewObject": {"a": [1, {"b": "c"}], "n": 1.5, "flag": True}},
+        {"AndroidInfo": {"Sound": "s", "NewVendorID": "v", "Nested": {"k": [1, 2]}}},
+        {"ApnsInfo": {"BadgeMode": 1, "NewApns": {"x": "y"}}},
+        {"MultiLanguageContent": [{"Language": "en", "Title": "t", "Extra": 7}]},
+        {"PushTemplateParam": {"k": "v", "list": ["a", 1]}},
+    ],
+)
+def test_unknown_fields_pass_through_untouched(info: dict[str, Any]) -> None:
+    doc = {"TaskId": "t1", "OfflinePushInfo": info}
+    assert parse_request(body(doc)).api_body() == doc
+
+
+def test_nulls_and_unset_fields_are_not_sent() -> None:
+    doc = {"TaskId": "t1", "OfflinePushInfo": {"Title": None, "Desc": "d", "ApnsInfo": None}}
+    sent = parse_request(body(doc)).api_body()
+    assert sent == {"TaskId": "t1", "OfflinePushInfo": {"Desc": "d"}}
+    assert parse_request(b'{"TaskId": "t1"}').api_body() == {"TaskId": "t1"}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"TaskId": "t1", "OfflinePushInfo": {"PushFlag": 2}},
+        {"TaskId": ""},
+        {"TaskId": "x" * 129},
+        {"TaskId": "660cc447 537ed82a"},
+        {"TaskId": 660},
+        {"TaskId": None},
+        {"TaskId": ["t1"]},
+        {},
+        {"OfflinePushInfo": {"Title": "t"}},
+        {"TaskId": "t1", "OfflinePushInfo": "not an object"},
+        {"TaskId": "t1", "OfflinePushInfo": {"Title": 5}},
+    ],
+    ids=repr,
+)
+def test_invalid_requests_are_refused(doc: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(body(doc))
+    assert caught.value.info
+
+
+def test_task_id_of_128_chars_is_accepted() -> None:
+    assert parse_request(body({"TaskId": "x" * 128})).task_id == "x" * 128
+
+
+@pytest.mark.parametrize(
+    ("raw", "max_bytes"),
+    [
+        (b'{"TaskId": "\xff\xfe"}', 65536),
+        (b"", 65536),
+        (b"not json", 65536),
+        (b'{"TaskId": "t1"', 65536),
+        (b'["TaskId", "t1"]', 65536),
+        (b'"t1"', 65536),
+        (b"42", 65536),
+        (b"null", 65536),
+        (b'{"TaskId": "t1"}' + b" " * 100, 100),
+        (b"[" * 100_000, 1_000_000),
+        (b'{"TaskId": "t1", "OfflinePushInfo": {"X": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", 10**6),
+    ],
+    ids=[
+        "not-utf8",
+        "empty",
+        "not-json",
+        "truncated",
+        "array",
+        "string",
+        "number",
+        "null",
+        "oversize",
+        "deep-brackets",
+        "deep-in-object",
+    ],
+)
+def test_bad_bodies_give_invalid_request(raw: bytes, max_bytes: int) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_request(raw, max_bytes=max_bytes)
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=10,
+    )
+
+
+_bodies = (
+    st.binary(max_size=300)
+    | _json_values().map(body)
+    | st.fixed_dictionaries(
+        {"TaskId": _json_values(), "OfflinePushInfo": _json_values()},
+    ).map(body)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bodies)
+def test_any_bytes_give_a_request_or_invalid_request(raw: bytes) -> None:
+    try:
+        result = parse_request(raw)
+    except InvalidRequest as exc:
+        assert isinstance(exc.info, str)
+    else:
+        assert isinstance(result, RecallRequest)
+
+
+def _as_httpx_sends(doc: dict[str, Any]) -> bytes:
+    # httpx's own JSON encoding of `json=` bodies.
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+@pytest.mark.xfail(
+    reason=(
+        "parse_request accepts bodies api_body()/httpx cannot send: nesting >= 256 in a "
+        "pass-through field makes model_dump raise ValueError 'Maximum serialization depth "
+        "exceeded'; a lone surrogate escape (\\ud800) is kept and fails UTF-8 encoding"
+    ),
+    strict=True,
+)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"TaskId": "t1", "OfflinePushInfo": {"X": ' + b"[" * 300 + b"]" * 300 + b"}}",
+        b'{"TaskId": "t1", "OfflinePushInfo": {"Title": "\\ud800"}}',
+    ],
+    ids=["nested-300", "lone-surrogate"],
+)
+def test_accepted_request_is_sendable(raw: bytes) -> None:
+    try:
+        request = parse_request(raw)
+    except InvalidRequest:
+        return
+    _as_httpx_sends(request.api_body())
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        (None, {"Title": "default"}),
+        ({"Title": "own"}, {"Title": "own"}),
+        ({}, {}),
+    ],
+)
+def test_with_default_overwrite_only_when_none(
+    own: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    doc: dict[str, Any] = {"TaskId": "t1"}
+    if own is not None:
+        doc["OfflinePushInfo"] = own
+    request = parse_request(body(doc))
+    result = request.with_default_overwrite(OfflinePushInfo(Title="default"))
+    assert result.api_body() == {"TaskId": "t1", "OfflinePushInfo": expected}
+
+
+def test_json_schema_forbids_extras_and_requires_task_id() -> None:
+    schema = request_json_schema()
+    assert schema["additionalProperties"] is False
+    assert "TaskId" in schema["required"]
+    assert set(schema["properties"]) == {"TaskId", "OfflinePushInfo"}
+
+
+def test_json_schema_validates_the_sample() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = request_json_schema()
+    jsonschema.validate(SAMPLE, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**SAMPLE, "OfflinePushinfo": {}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"OfflinePushInfo": {}}, schema)
