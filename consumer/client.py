@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from schemas.api import RevokeResponse
 from schemas.recall import RecallRequest
 
 REVOKE_PATH = "/v4/timpush/revoke"
+JSON_HEADERS = {"Content-Type": "application/json"}
 RANDOM_RANGE = 2**32  # `random` is an unsigned 32-bit integer
 
 
@@ -55,10 +55,10 @@ class RevokeClient:
 
     async def revoke(self, request: RecallRequest) -> ApiResult:
         """Send one recall and report what came of it."""
-        return await self.post(request.api_body())
+        return await self.post(request.api_bytes())
 
-    async def post(self, body: dict[str, Any]) -> ApiResult:
-        """POST `body` to the revoke endpoint (also used with a probe body while halted)."""
+    async def post(self, body: bytes) -> ApiResult:
+        """POST a JSON `body` to the revoke endpoint (also a probe body while halted)."""
         params = {
             "usersig": self._usersigs.get(),
             "identifier": self._identifier,
@@ -67,7 +67,9 @@ class RevokeClient:
             "contenttype": "json",
         }
         try:
-            response = await self._http.post(self._url, params=params, json=body)
+            response = await self._http.post(
+                self._url, params=params, content=body, headers=JSON_HEADERS
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return TransportFailure(FailureKind.CONNECT, _describe(exc))
         except httpx.TimeoutException as exc:

@@ -15,7 +15,7 @@ from consumer.results import ApiAnswer
 
 # A TaskId no push ever had: a working configuration gets 90049 for it, a broken one the error
 # that halted us. Auth is checked before the body, so the probe recalls nothing.
-PROBE_BODY = {"TaskId": "tim-recall-configuration-probe"}
+PROBE_BODY = b'{"TaskId":"tim-recall-configuration-probe"}'
 
 
 class HaltProbe:

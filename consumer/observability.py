@@ -30,7 +30,9 @@ class ScrubSecrets:
         if isinstance(value, MutableMapping):
             return {k: self._scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return type(value)(self._scrub(v) for v in value)
+            # A plain list back, whatever the sequence type: namedtuples cannot be rebuilt
+            # from a generator, and a log line needs no more than the values.
+            return [self._scrub(v) for v in value]
         if isinstance(value, BaseException):
             return self._redact(f"{type(value).__name__}: {value}")
         return value

@@ -12,7 +12,6 @@ from typing import Literal
 import aio_pika
 import aiormq
 import structlog
-from structlog.typing import FilteringBoundLogger
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -20,6 +19,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
+from structlog.typing import FilteringBoundLogger
 
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, dead_letter_message, read_envelope, republish_message

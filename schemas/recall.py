@@ -135,6 +135,10 @@ class RecallRequest(BaseModel):
         """The JSON body to send: no nulls, no unset fields, unknown pass-through fields kept."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
+    def api_bytes(self) -> bytes:
+        """The body exactly as sent: compact UTF-8 JSON of `api_body()`."""
+        return json.dumps(self.api_body(), ensure_ascii=False, separators=(",", ":")).encode()
+
     def with_default_overwrite(self, info: OfflinePushInfo) -> RecallRequest:
         """This request with `info` as its overwrite, when it carries none of its own."""
         if self.offline_push_info is not None:
@@ -178,11 +182,18 @@ def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest
     if not isinstance(doc, dict):
         raise InvalidRequest(f"body is JSON {type(doc).__name__}, not an object")
     try:
-        return RecallRequest.model_validate(doc)
+        request = RecallRequest.model_validate(doc)
     except ValidationError as exc:
         raise InvalidRequest(_describe(exc)) from None
     except RecursionError:
         raise InvalidRequest("body is nested too deeply") from None
+    try:
+        # Valid JSON that cannot be sent on (nesting past the serializer's depth, a lone UTF-16
+        # surrogate escape) is refused here, not found out at the API call.
+        request.api_bytes()
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"body cannot be sent on: {type(exc).__name__}") from None
+    return request
 
 
 def request_json_schema() -> dict[str, Any]:

@@ -10,7 +10,9 @@ import pytest
 
 def broker_address() -> tuple[str, int]:
     """Where the tests' RabbitMQ listens."""
-    return os.environ.get("TEST_AMQP_HOST", "127.0.0.1"), int(os.environ.get("TEST_AMQP_PORT", "5672"))
+    return os.environ.get("TEST_AMQP_HOST", "127.0.0.1"), int(
+        os.environ.get("TEST_AMQP_PORT", "5672")
+    )
 
 
 @pytest.fixture(scope="session")

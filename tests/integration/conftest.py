@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,8 +76,6 @@ class Broker:
         **properties: Any,
     ) -> str:
         """Publish one message (confirmed); returns its message_id."""
-        import json
-
         raw = json.dumps(body).encode() if isinstance(body, dict) else body
         message_id = message_id or str(uuid.uuid4())
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -198,9 +197,7 @@ WorkerFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningWork
 
 
 @pytest.fixture
-def run_worker(
-    amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names
-) -> WorkerFactory:
+def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) -> WorkerFactory:
     """`async with run_worker(**setting_overrides) as running:` runs a worker in-process."""
 
     @contextlib.asynccontextmanager

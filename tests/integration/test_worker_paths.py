@@ -1,4 +1,4 @@
-"""The worker against the real RabbitMQ and the sandbox: each outcome path, as the broker holds it."""
+"""The worker against the real RabbitMQ and the sandbox: each path, as the broker holds it."""
 
 from __future__ import annotations
 
@@ -115,7 +115,11 @@ async def test_invalid_bodies_are_dead_lettered_locally_without_a_call(
     dead = await broker.take(names.dead)
     assert [d.body for d in dead] == [body]
     headers = dead[0].headers or {}
-    assert (headers[H_ERROR_CODE], headers[H_ERROR_SOURCE], headers[H_ATTEMPTS]) == (90001, "local", 0)
+    assert (headers[H_ERROR_CODE], headers[H_ERROR_SOURCE], headers[H_ATTEMPTS]) == (
+        90001,
+        "local",
+        0,
+    )
     assert sandbox.revoke_calls() == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -90,7 +91,7 @@ async def test_backlog_arrival_windows_never_closer_than_interval(
         fake.t += rng.uniform(0.0, 0.3)
         pacer.call_finished()
         windows.append((start, fake.t))
-    gaps = [nxt[0] - prev[1] for prev, nxt in zip(windows, windows[1:], strict=False)]
+    gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(windows)]
     assert min(gaps) >= INTERVAL - EPS
     # and it does not dawdle: each call starts one interval after the previous finished
     assert max(gaps) == pytest.approx(INTERVAL)

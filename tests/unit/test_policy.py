@@ -45,7 +45,11 @@ TABLE = [
     row(90051, Outcome.RETRY, interval=2.5, min_wait_ge=2.5),
     row(60019, Outcome.RETRY, interval=0.5, min_wait_ge=1.0),
     *(row(c, Outcome.RETRY, **RETRY_BACKOFF) for c in (91000, 60008, 70169, 70500)),
-    *(row(fail(k), Outcome.RETRY, **RETRY_BACKOFF) for k in FailureKind if k is not FailureKind.HTTP_STATUS),
+    *(
+        row(fail(k), Outcome.RETRY, **RETRY_BACKOFF)
+        for k in FailureKind
+        if k is not FailureKind.HTTP_STATUS
+    ),
     *(row(fail(FailureKind.HTTP_STATUS, s), Outcome.RETRY, **RETRY_BACKOFF) for s in (500, 502)),
     *(row(fail(FailureKind.HTTP_STATUS, s), Outcome.RETRY, **RETRY_BACKOFF) for s in (503, 429)),
     *(row(fail(FailureKind.HTTP_STATUS, s), Outcome.HALT) for s in (400, 403, 404)),

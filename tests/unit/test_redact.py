@@ -1,0 +1,79 @@
+"""consumer/redact.py and the ScrubSecrets log processor of consumer/observability.py."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from consumer.observability import ScrubSecrets
+from consumer.redact import REDACTED, Redactor
+from consumer.usersig import make_usersig
+
+SECRET = "secret-key-123456"
+SIG = make_usersig(1400000000, "administrator", SECRET, 86400, 1_712_112_711)
+URL = f"https://console.tim.qq.com/v4/timpush/revoke?usersig={SIG}&identifier=administrator"
+
+
+@pytest.mark.parametrize(
+    ("text", "gone", "kept"),
+    [
+        (f"key is {SECRET}!", SECRET, "key is "),
+        ("GET /x?usersig=abc123&identifier=admin", "abc123", "&identifier=admin"),
+        ("GET /x?UserSig=abc123 next", "abc123", " next"),
+        (f"sig was {SIG} end", SIG, " end"),
+        (f"sig was '{SIG}'", SIG, "sig was '"),
+        (URL, SIG, "identifier=administrator"),
+    ],
+    ids=["secret", "query", "query-case", "token", "quoted-token", "url"],
+)
+def test_redactor_scrubs(text: str, gone: str, kept: str) -> None:
+    scrubbed = Redactor((SECRET,))(text)
+    assert gone not in scrubbed
+    assert REDACTED in scrubbed
+    assert kept in scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["TaskId 660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e", "ErrorCode 70001", ""],
+)
+def test_redactor_leaves_ordinary_text_alone(text: str) -> None:
+    assert Redactor((SECRET,))(text) == text
+
+
+def test_with_secret_adds_a_secret() -> None:
+    redact = Redactor().with_secret("another-secret")
+    assert redact("x another-secret y") == f"x {REDACTED} y"
+
+
+def scrub() -> ScrubSecrets:
+    return ScrubSecrets(Redactor((SECRET,)))
+
+
+def test_log_events_are_scrubbed_nested_and_exceptions() -> None:
+    with capture_logs(processors=[scrub()]) as logs:
+        structlog.get_logger().error(
+            f"call failed with {SECRET}",
+            url=URL,
+            nested={"a": [f"k={SECRET}", {"b": (SIG, 3)}], "n": 1},
+            error=ValueError(f"boom {URL}"),
+        )
+    (event,) = logs
+    text = repr(event)
+    assert SECRET not in text
+    assert SIG not in text
+    assert event["nested"]["n"] == 1
+    assert list(event["nested"]["a"][1]["b"]) == [REDACTED, 3]
+    assert event["error"].startswith("ValueError: boom")
+    assert event["log_level"] == "error"
+
+
+def test_namedtuple_value_is_scrubbed_without_error() -> None:
+    pair = namedtuple("pair", "host key")
+    event: dict[str, Any] = scrub()(None, "info", {"event": "x", "peer": pair("h", SECRET)})
+    assert SECRET not in repr(event)
+    assert list(event["peer"]) == ["h", REDACTED]
