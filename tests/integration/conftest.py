@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aio_pika
+import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -20,6 +25,7 @@ from consumer.client import make_http_client
 from consumer.metrics import Metrics
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
 from consumer.settings import Settings, load_settings
+from consumer.topology import Topology, declare
 from consumer.worker import Worker
 from schemas.events import ResultEvent
 
@@ -95,6 +101,10 @@ class Broker:
         finally:
             await channel.close()
         return message_id
+
+    async def declare(self) -> None:
+        """Declare the test's queues as a worker would (to publish before one starts)."""
+        await declare(self.connection, Topology(self.names.queue, self.names.dead, self.names.results))
 
     async def count(self, queue: str) -> int:
         """Messages ready in `queue` (passive declare)."""
@@ -223,3 +233,100 @@ def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) 
                 await asyncio.wait_for(task, timeout=30)
 
     return start
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    """`tim-recall run` as a child process, with its HTTP endpoints on `port`."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        """Wait until /readyz answers 200."""
+
+        async def check() -> bool:
+            if self.process.returncode is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}: {self.log()}")
+            try:
+                async with httpx.AsyncClient(timeout=1.0) as http:
+                    answer = await http.get(f"http://127.0.0.1:{self.port}/readyz")
+            except httpx.HTTPError:
+                return False
+            return answer.status_code == 200
+
+        await wait_until(check, timeout, "the worker's /readyz")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log events the process wrote."""
+        found = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    found.append(doc)
+        return found
+
+    async def exit_code(self, timeout: float = 30.0) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
+@pytest.fixture
+async def spawn_worker(
+    amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names, tmp_path: Path
+) -> AsyncIterator[SpawnWorker]:
+    """`await spawn_worker(**env)` starts `python -m consumer run` against the sandbox."""
+    children: list[WorkerProcess] = []
+
+    async def spawn(**env_overrides: str) -> WorkerProcess:
+        port = free_port()
+        key_file = tmp_path / f"secret-{len(children)}"
+        key_file.write_text(sandbox.config.secret_key + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIM_", "RECALL_"))}
+        env.update(
+            {
+                "TIM_SDKAPPID": str(sandbox.config.sdkappid),
+                "TIM_SECRET_KEY_FILE": str(key_file),
+                "TIM_BASE_URL": sandbox_url,
+                "TIM_READ_TIMEOUT_S": "5",
+                "RECALL_AMQP_URL": amqp_url,
+                "RECALL_QUEUE": names.queue,
+                "RECALL_INTERVAL_S": str(sandbox.config.min_interval),
+                "RECALL_RETRY_INITIAL_S": "0.05",
+                "RECALL_RETRY_MAX_S": "0.5",
+                "RECALL_HTTP_HOST": "127.0.0.1",
+                "RECALL_HTTP_PORT": str(port),
+                "RECALL_LOG_FORMAT": "json",
+            }
+        )
+        env.update(env_overrides)
+        log_path = tmp_path / f"worker-{len(children)}.log"
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "consumer", "run", env=env, stdout=log, stderr=log
+            )
+        child = WorkerProcess(process, port, log_path)
+        children.append(child)
+        return child
+
+    try:
+        yield spawn
+    finally:
+        for child in children:
+            if child.process.returncode is None:
+                child.process.kill()
+                await child.process.wait()

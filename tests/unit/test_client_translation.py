@@ -40,7 +40,7 @@ def answer(code: int, info: str = "") -> Handler:
     return lambda request: httpx.Response(200, json=doc)
 
 
-def raising(exc_type: type[httpx.HTTPError]) -> Handler:
+def raising(exc_type: type[httpx.RequestError]) -> Handler:
     def handler(request: httpx.Request) -> httpx.Response:
         raise exc_type(f"failed {request.url}", request=request)
 
@@ -119,7 +119,7 @@ async def test_request_is_a_post_with_all_query_params_and_the_api_body() -> Non
 @pytest.mark.parametrize(
     "exc_type", [httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError]
 )
-async def test_failure_detail_never_carries_the_usersig(exc_type: type[httpx.HTTPError]) -> None:
+async def test_failure_detail_never_carries_the_usersig(exc_type: type[httpx.RequestError]) -> None:
     (result,) = await call(raising(exc_type))
     sig = usersigs().get()
     assert isinstance(result, TransportFailure)

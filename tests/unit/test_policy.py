@@ -21,12 +21,16 @@ def fail(kind: FailureKind, status: int | None = None) -> TransportFailure:
 def row(
     result: ApiResult | int,
     outcome: Outcome,
+    *,
     history: History = FRESH,
     interval: float = 1.0,
     **expect: Any,
 ) -> Any:
     answer = ApiAnswer(result, "info") if isinstance(result, int) else result
-    name = str(result) if isinstance(result, int) else f"{result.kind}-{result.http_status}"
+    if isinstance(result, TransportFailure):
+        name = f"{result.kind}-{result.http_status}"
+    else:
+        name = str(result)
     if history is not FRESH:
         name += "-renewed" if history.renewed_usersig else "-reached"
     if interval != 1.0:
@@ -36,8 +40,8 @@ def row(
 
 HALT_CODES = [90009, 60004, 60005, 60006, 60010, 60012, 60016, 60020, 60021]
 HALT_CODES += [70002, 70003, 70005, 70009, 70013, 70014, 70016, 70020]
-RETRY_BACKOFF = {"backoff": True}
-AT_ONCE_RENEW = {"min_wait_s": 0.0, "backoff": False, "renew_usersig": True}
+RETRY_BACKOFF: dict[str, Any] = {"backoff": True}
+AT_ONCE_RENEW: dict[str, Any] = {"min_wait_s": 0.0, "backoff": False, "renew_usersig": True}
 
 TABLE = [
     row(0, Outcome.RECALLED, renew_usersig=False),

@@ -155,9 +155,10 @@ def _parse_or_refuse(raw: bytes) -> RecallRequest | None:
     try:
         return parse_request(raw)
     except InvalidRequest as exc:
-        assert isinstance(exc.info, str)
-        assert exc.info
-        return None
+        info = exc.info
+    assert isinstance(info, str)
+    assert info
+    return None
 
 
 @settings(max_examples=300, deadline=None)

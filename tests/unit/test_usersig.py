@@ -68,7 +68,7 @@ def test_ours_decodes_with_official_helpers_to_the_official_hmac(
 
 
 def _zlib_b64url(raw: bytes) -> str:
-    return TLSSigAPIv2.base64_encode_url(zlib.compress(raw))
+    return str(TLSSigAPIv2.base64_encode_url(zlib.compress(raw)))
 
 
 @pytest.mark.parametrize(
