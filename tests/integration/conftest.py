@@ -104,7 +104,9 @@ class Broker:
 
     async def declare(self) -> None:
         """Declare the test's queues as a worker would (to publish before one starts)."""
-        await declare(self.connection, Topology(self.names.queue, self.names.dead, self.names.results))
+        await declare(
+            self.connection, Topology(self.names.queue, self.names.dead, self.names.results)
+        )
 
     async def count(self, queue: str) -> int:
         """Messages ready in `queue` (passive declare)."""
