@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # tim-recall: the worker (`run`, the default), and the same image runs `sandbox`, `publish`,
 # `results` and `dlq`. Build: docker build -t tim-recall:local .
 #
@@ -13,9 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
-# README.m[d]: the glob keeps the build working while the README is absent (pyproject names it
-# as the long description; setuptools only warns when it is missing).
-COPY pyproject.toml README.m[d] ./
+COPY pyproject.toml README.md ./
 COPY consumer ./consumer
 COPY schemas ./schemas
 

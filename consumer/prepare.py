@@ -47,8 +47,9 @@ class RecallMemory:
             return
         known = self._recalled.get(task_id)
         if known is None or recalled_at < known:
+            # A new key goes to the end; an earlier time for a known key keeps its place, so
+            # `prune` may keep it a little longer than the window (lookups check the time).
             self._recalled[task_id] = recalled_at
-            self._recalled.move_to_end(task_id)
         self.prune(now)
 
     def recalled_at(self, task_id: str, now: float) -> float | None:

@@ -6,8 +6,9 @@ import re
 
 REDACTED = "[redacted]"
 _USERSIG_QUERY = re.compile(r"(usersig=)[^&\s'\"]*", re.IGNORECASE)
-# A UserSig is zlib-compressed JSON in url-safe base64: it starts with "eJ" (0x78 0x9c) and is long.
-_USERSIG_TOKEN = re.compile(r"eJ[A-Za-z0-9*\-_+/=]{40,}")
+# A UserSig is zlib-compressed JSON in Tencent's base64: it starts with a zlib header, 0x78 then
+# 0x01/0x5e/0x9c/0xda by compression level ("eA", "eF", "eJ", "eN"), and is long.
+_USERSIG_TOKEN = re.compile(r"(?<![A-Za-z0-9])e[AFJN][A-Za-z0-9*\-_+/=]{40,}")
 
 
 class Redactor:

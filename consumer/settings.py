@@ -159,8 +159,9 @@ class Settings(BaseSettings):
         if self.secret_key_value is not None and self.secret_key_file is not None:
             raise SettingsError("set TIM_SECRET_KEY or TIM_SECRET_KEY_FILE, not both")
         if self.secret_key_value is not None:
-            key = self.secret_key_value.get_secret_value().strip()
+            key, source = self.secret_key_value.get_secret_value().strip(), "TIM_SECRET_KEY"
         elif self.secret_key_file is not None:
+            source = "TIM_SECRET_KEY_FILE"
             try:
                 key = self.secret_key_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -168,7 +169,7 @@ class Settings(BaseSettings):
         else:
             raise SettingsError("TIM_SECRET_KEY or TIM_SECRET_KEY_FILE is required")
         if not key:
-            raise SettingsError("TIM_SECRET_KEY is empty")
+            raise SettingsError(f"{source} is empty")
         return key
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
@@ -18,7 +18,7 @@ TASK_ID_MAX_LENGTH = 128
 class _PassThrough(BaseModel):
     """Tencent adds fields over time: unknown ones are kept and sent on untouched."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
 class AndroidOptions(_PassThrough):
@@ -81,7 +81,7 @@ class LanguageContent(_PassThrough):
 class OfflinePushInfo(_PassThrough):
     """The notification that overwrites one already shown offline."""
 
-    PushFlag: Literal[0, 1] | None = None
+    PushFlag: Annotated[StrictInt, Field(ge=0, le=1)] | None = None  # 0 push, 1 no offline push
     Title: StrictStr | None = None
     Desc: StrictStr | None = None
     Ext: StrictStr | None = Field(default=None, description="A JSON string, passed to the app.")
@@ -165,6 +165,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _no_constants(name: str) -> None:
+    # NaN and Infinity are not JSON; Python would accept them and the API would get nulls.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest:
     """Turn a message body into a RecallRequest, or raise InvalidRequest saying why."""
     if len(body) > max_bytes:
@@ -174,7 +179,7 @@ def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constants)
     except RecursionError:
         raise InvalidRequest("body is not valid JSON: nested too deeply") from None
     except ValueError as exc:

@@ -57,6 +57,12 @@ def test_unknown_fields_pass_through_untouched(info: dict[str, Any]) -> None:
     assert parse_request(body(doc)).api_body() == doc
 
 
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_constants_are_refused(constant: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="not a JSON value"):
+        parse_request(b'{"TaskId": "t1", "OfflinePushInfo": {"X": ' + constant + b"}}")
+
+
 def test_nulls_and_unset_fields_are_not_sent() -> None:
     doc = {"TaskId": "t1", "OfflinePushInfo": {"Title": None, "Desc": "d", "ApnsInfo": None}}
     sent = parse_request(body(doc)).api_body()
@@ -68,6 +74,8 @@ def test_nulls_and_unset_fields_are_not_sent() -> None:
     "doc",
     [
         {"TaskId": "t1", "OfflinePushInfo": {"PushFlag": 2}},
+        {"TaskId": "t1", "OfflinePushInfo": {"PushFlag": True}},
+        {"TaskId": "t1", "OfflinePushInfo": {"ApnsInfo": {"BadgeMode": "1"}}},
         {"TaskId": ""},
         {"TaskId": "x" * 129},
         {"TaskId": "660cc447 537ed82a"},

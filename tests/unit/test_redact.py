@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections import namedtuple
 from typing import Any
 
@@ -37,9 +39,24 @@ def test_redactor_scrubs(text: str, gone: str, kept: str) -> None:
     assert kept in scrubbed
 
 
+@pytest.mark.parametrize("level", [1, 6, 9, 0])
+def test_usersig_token_of_any_zlib_level_is_scrubbed(level: int) -> None:
+    # The server accepts any zlib level; each gives another second character ("eA", "eJ", "eN").
+    packed = zlib.compress(b'{"TLS.ver":"2.0","TLS.identifier":"administrator"}' * 2, level)
+    token = base64.b64encode(packed).decode().translate(str.maketrans("+/=", "*-_"))
+    scrubbed = Redactor()(f"sig {token} end")
+    assert token not in scrubbed
+    assert scrubbed == f"sig {REDACTED} end"
+
+
 @pytest.mark.parametrize(
     "text",
-    ["TaskId 660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e", "ErrorCode 70001", ""],
+    [
+        "TaskId 660cc447_537ed82a_200000cd7ee17f5_84035729_bc614e",
+        "TaskId e60cc447_537ed82a_200000cd7ee17f5_84035729_bc614e_000001",
+        "ErrorCode 70001",
+        "",
+    ],
 )
 def test_redactor_leaves_ordinary_text_alone(text: str) -> None:
     assert Redactor((SECRET,))(text) == text

@@ -131,11 +131,6 @@ def test_secret_key_errors(
         assert name in str(caught.value)
 
 
-@pytest.mark.xfail(
-    reason="settings.secret_key(): an empty TIM_SECRET_KEY_FILE reports 'TIM_SECRET_KEY is "
-    "empty', naming the variable that is not set",
-    strict=True,
-)
 def test_empty_key_file_error_names_the_file_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
