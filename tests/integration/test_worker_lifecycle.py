@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import httpx
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def min_gap(sandbox: Sandbox) -> float:
     arrivals = [c.arrived for c in sandbox.revoke_calls()]
-    return min((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)), default=99.0)
+    return min((b - a for a, b in itertools.pairwise(arrivals)), default=99.0)
 
 
 async def test_sigterm_mid_call_finishes_settles_and_exits_0(

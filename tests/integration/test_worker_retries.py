@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def gaps(sandbox: Sandbox) -> list[float]:
     """Seconds between consecutive revoke arrivals, as the server saw them."""
     arrivals = [c.arrived for c in sandbox.revoke_calls()]
-    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 @pytest.mark.parametrize(
