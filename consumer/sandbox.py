@@ -54,6 +54,7 @@ class CallRecord:
     http_status: int
     random: int | None
     offline_push_info: bool
+    body: dict[str, Any] | None = None  # the JSON body as received (revoke)
 
 
 @dataclass
@@ -414,7 +415,9 @@ class Sandbox:
         task_id = doc.get("TaskId") if doc is not None else None
         task_id = task_id if isinstance(task_id, str) else None
         opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
-        seen = CallRecord(arrived, wall, REVOKE_PATH, task_id, None, 200, _random(request), opi)
+        seen = CallRecord(
+            arrived, wall, REVOKE_PATH, task_id, None, 200, _random(request), opi, body=doc
+        )
 
         fault = self._take_fault(arrived, task_id) if rejected is None else None
         if fault is not None and fault.code is None:  # a bare HTTP error or a hang: no JSON

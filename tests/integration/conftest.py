@@ -332,3 +332,14 @@ async def spawn_worker(
             if child.process.returncode is None:
                 child.process.kill()
                 await child.process.wait()
+
+
+async def active_replica(*workers: WorkerProcess, timeout: float = 15.0) -> WorkerProcess:
+    """The replica that settled a request (the queue's single active consumer)."""
+
+    def settled_any(worker: WorkerProcess) -> bool:
+        return any(e.get("event") == "request_recalled" for e in worker.events())
+
+    await wait_until(lambda: any(settled_any(w) for w in workers), timeout, "a replica to settle")
+    (active,) = [w for w in workers if settled_any(w)]  # never two: single active consumer
+    return active

@@ -15,6 +15,7 @@ from tests.integration.conftest import (
     Names,
     SpawnWorker,
     WorkerFactory,
+    active_replica,
     wait_until,
 )
 
@@ -85,7 +86,7 @@ async def test_two_replicas_one_caller_and_failover_keeps_the_interval(
     for task_id in tasks:
         await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
     await sandbox.wait_for(lambda calls: len(calls) >= 5, timeout=15)
-    active = a if any(e.get("event") == "request_recalled" for e in a.events()) else b
+    active = await active_replica(a, b)
     standby = b if active is a else a
     assert not any(e.get("event") == "request_recalled" for e in standby.events())
     active.process.kill()
