@@ -13,7 +13,7 @@ import click
 from consumer import publish as publishing
 from consumer.app import run_worker
 from consumer.demo import run_demo
-from consumer.dlq import list_dead_letters, matcher, move_dead_letters
+from consumer.dlq import DlqError, count_dead_letters, list_dead_letters, matcher, move_dead_letters
 from consumer.observability import configure_logging
 from consumer.redact import Redactor
 from consumer.reports import DLQ_HEADERS, dead_letter_rows, dumps, print_results, table
@@ -200,24 +200,28 @@ def dlq_list(limit: int, as_json: bool) -> None:
 def _move(
     code: int | None, task_id: str | None, limit: int | None, dry_run: bool, replay: bool
 ) -> None:
-
     settings = settings_or_exit()
+    url = settings.amqp_url.get_secret_value()
+    total = asyncio.run(count_dead_letters(url, settings.dead_letter_queue))
     target = settings.queue if replay else None
     verb = "replayed" if replay else "purged"
     if dry_run:
         verb = f"would be {verb}"
-    with click.progressbar(length=0, label=verb.capitalize(), file=sys.stderr) as bar:
-        summary = asyncio.run(
-            move_dead_letters(
-                settings.amqp_url.get_secret_value(),
-                settings.dead_letter_queue,
-                target,
-                matcher(code, task_id),
-                limit=limit,
-                dry_run=dry_run,
-                progress=bar.update,
+    with click.progressbar(length=total, label=verb.capitalize(), file=sys.stderr) as bar:
+        try:
+            summary = asyncio.run(
+                move_dead_letters(
+                    url,
+                    settings.dead_letter_queue,
+                    target,
+                    matcher(code, task_id),
+                    limit=limit,
+                    dry_run=dry_run,
+                    progress=bar.update,
+                )
             )
-        )
+        except DlqError as exc:
+            fail(str(exc))
     click.echo(f"{summary.matched} dead letter(s) {verb}; {summary.kept} left in place, in order")
 
 

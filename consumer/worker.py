@@ -7,22 +7,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
 from consumer.client import RevokeClient
-from consumer.envelope import Envelope, dead_letter_message, read_envelope, republish_message
+from consumer.envelope import Envelope, read_envelope
 from consumer.halt import HaltProbe
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer
@@ -36,34 +32,13 @@ from consumer.prepare import (
     window_closed,
 )
 from consumer.recaller import Attempts, Recaller, RetryRules
-from consumer.stream import publish_confirmed, read_results, result_message
+from consumer.settle import SETTLE_ERRORS, Settler, Verdict
+from consumer.stream import read_results
 from consumer.topology import Topology, declare
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
-SETTLE_ERRORS = (
-    ChannelInvalidStateError,
-    DeliveryError,
-    aiormq.exceptions.AMQPError,
-    ConnectionError,
-    asyncio.TimeoutError,
-)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one delivery came to, ready to be settled and told."""
-
-    outcome: Outcome
-    code: int | None
-    info: str
-    source: Literal["api", "local"]
-    attempts: int
-    reason: str
-    may_have_reached: bool
-    task_id: str | None
-    has_offline_push_info: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +80,7 @@ class Worker:
         self._probe = HaltProbe(client, pacer, config.halt_probe_initial_s, config.halt_probe_max_s)
         self._busy = asyncio.Lock()
         self._connection: AbstractRobustConnection | None = None
-        self._publisher: AbstractChannel | None = None
+        self._settler: Settler | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._taken_over = False  # set on the first delivery since subscribing
@@ -116,7 +91,7 @@ class Worker:
     def readiness(self) -> dict[str, bool]:
         """Each readiness condition: connected, consumer registered, not halted."""
         return {
-            "connected": self._connection is not None and not self._connection.is_closed,
+            "connected": self._connection is not None and self._connection.connected.is_set(),
             "consuming": self._consumer_tag is not None,
             "not_halted": not self.halted,
         }
@@ -135,13 +110,16 @@ class Worker:
         self._connection.close_callbacks.add(self._on_disconnect)
         try:
             await declare(self._connection, topology)
+            # The publishing channel first: channels are restored in order after a reconnect,
+            # so it is back before the consumer's delivers anything that needs settling.
+            publisher = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._settler = Settler(self._connection, publisher, topology, self._clock)
             consumer_channel = await self._connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)
             self._queue = await consumer_channel.declare_queue(
                 topology.queue, durable=True, arguments=topology.queue_arguments()
-            )
-            self._publisher = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
             )
             self.metrics.connected.set(1)
             self._pacer.hold()
@@ -189,7 +167,8 @@ class Worker:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         async with self._busy:
             if self._stopping.is_set() or self.halted:
-                await self._release(message)
+                assert self._settler is not None
+                await self._settler.release(message, self._log)
                 return
             if not self._taken_over:
                 await self._take_over()
@@ -203,7 +182,8 @@ class Worker:
             if verdict.outcome is Outcome.HALT:
                 await self._halt(message, verdict, log)
                 return
-            settled = await self.settle(message, envelope, verdict, log)
+            assert self._settler is not None
+            settled = await self._settler.settle(message, envelope, verdict, log)
             self._tell(message, verdict, settled, time.monotonic() - started, log)
 
     async def _take_over(self) -> None:
@@ -277,72 +257,6 @@ class Worker:
             has_offline_push_info=request.offline_push_info is not None,
         )
 
-    # ---- settling: the only code that acks -------------------------------------------------
-
-    async def settle(
-        self,
-        message: AbstractIncomingMessage,
-        envelope: Envelope,
-        verdict: Verdict,
-        log: FilteringBoundLogger,
-    ) -> ResultEvent | None:
-        """Carry out the verdict's action; returns the results event when the request is settled."""
-        assert self._publisher is not None
-        action = action_for(verdict.outcome)
-        topology = self.config.topology
-        now = self._clock()
-        event: ResultEvent | None = None
-        try:
-            if action is Action.RELEASE:
-                await message.nack(requeue=True)
-                return None
-            if action is Action.REPUBLISH:
-                again = republish_message(
-                    message,
-                    attempts=verdict.attempts,
-                    first_seen=envelope.first_seen,
-                    may_have_reached=verdict.may_have_reached,
-                )
-                await self._publish(again, topology.queue)
-                await message.ack()
-                return None
-            if action is Action.DEAD_LETTER:
-                dead = dead_letter_message(
-                    message,
-                    code=verdict.code if verdict.code is not None else 0,
-                    info=verdict.info,
-                    source=verdict.source,
-                    attempts=verdict.attempts,
-                    first_seen=envelope.first_seen,
-                    now=now,
-                )
-                await self._publish(dead, topology.dead_letter_queue)
-            event = _event(message, envelope, verdict, now)
-            await self._publish(result_message(event), topology.results_stream)
-            await message.ack()
-        except SETTLE_ERRORS as exc:
-            # Not settled: the broker redelivers it (a redelivery answered 90050 counts as ours).
-            log.warning("settle_failed", action=action.value, error=type(exc).__name__)
-            return None
-        return event
-
-    async def _publish(self, message: aio_pika.Message, routing_key: str) -> None:
-        assert self._publisher is not None
-        assert self._connection is not None
-        try:
-            await publish_confirmed(self._publisher, message, routing_key)
-        except DeliveryError:
-            # Unroutable: a queue was deleted under us. Declare the topology again, then retry once.
-            self._log.warning("queue_missing_redeclaring", routing_key=routing_key)
-            await declare(self._connection, self.config.topology)
-            await publish_confirmed(self._publisher, message, routing_key)
-
-    async def _release(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await message.nack(requeue=True)
-        except SETTLE_ERRORS as exc:
-            self._log.warning("release_failed", error=type(exc).__name__)
-
     # ---- halting ---------------------------------------------------------------------------
 
     async def _halt(
@@ -352,7 +266,8 @@ class Worker:
         self.halted = True
         self.metrics.halted.set(1)
         await self._stop_consuming()  # first, so the message does not come straight back
-        await self._release(message)
+        assert self._settler is not None
+        await self._settler.release(message, log)
         log.error(
             "worker_halted",
             code=verdict.code,
@@ -430,22 +345,4 @@ def _local(
         may_have_reached=envelope.may_have_reached,
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),
-    )
-
-
-def _event(
-    message: AbstractIncomingMessage, envelope: Envelope, verdict: Verdict, now: float
-) -> ResultEvent:
-    return ResultEvent(
-        task_id=verdict.task_id,
-        outcome="recalled" if verdict.outcome is Outcome.RECALLED else "dead_lettered",
-        error_code=verdict.code if verdict.code is not None else 0,
-        error_info=verdict.info,
-        source=verdict.source,
-        attempts=verdict.attempts,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        first_seen=datetime.fromtimestamp(envelope.first_seen, UTC),
-        settled_at=datetime.fromtimestamp(now, UTC),
-        has_offline_push_info=verdict.has_offline_push_info,
     )

@@ -1,0 +1,99 @@
+"""The machine, the targets, the printed table and results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from consumer.reports import table
+
+Check = Callable[[Any], bool]
+
+# key, target as printed, check (None: reported without a target)
+ROWS: list[tuple[str, str, Check | None]] = [
+    ("pacing.utilization", ">= 0.97", lambda v: v >= 0.97),
+    ("pacing.too_frequent", "0", lambda v: v == 0),
+    ("pacing.min_gap_s", ">= 1.0", lambda v: v >= 1.0),
+    ("pacing.calls", "", None),
+    ("idle_latency_ms.p50", "<= 10", lambda v: v <= 10),
+    ("idle_latency_ms.p99", "", None),
+    ("idle_latency_ms.first_after_start_ms", "", None),
+    ("overhead.recalls_per_s", ">= 500", lambda v: v >= 500),
+    ("overhead.cpu_s_per_1000", "", None),
+    ("overhead.recalls_per_s_all", "", None),
+    ("memory.rss_mb_idle", "<= 80", lambda v: v <= 80),
+    ("memory.rss_mb_after_5000", "<= 80", lambda v: v <= 80),
+    ("memory.rss_mb_after", "<= 80", lambda v: v <= 80),
+    ("memory.growth_kb_per_1000_after_5000", "flat (<= 100)", lambda v: v <= 100),
+    ("failover.takeover_s", "<= 3", lambda v: v <= 3),
+    ("failover.too_frequent", "0", lambda v: v == 0),
+    ("failover.min_gap_s", ">= 1.0", lambda v: v >= 1.0),
+    ("failover.recalled", "30", lambda v: v == 30),
+    ("waste.calls_per_request", "", None),
+    ("waste.calls", "", None),
+    ("waste.minimum_calls", "", None),
+    ("waste.requests", "", None),
+    ("baseline.pacing.utilization", "", None),
+    ("baseline.pacing.too_frequent", "", None),
+    ("baseline.pacing.min_gap_s", "", None),
+    ("baseline.pacing.recalled", "", None),
+    ("baseline.failover.takeover_s", "", None),
+    ("baseline.failover.first_call_after_kill_s", "", None),
+    ("baseline.failover.too_frequent", "", None),
+    ("baseline.failover.min_gap_s", "", None),
+    ("baseline.failover.recalled", "", None),
+]
+
+
+def _rabbitmq_version() -> str | None:
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "version"], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "rabbitmq": _rabbitmq_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def lookup(results: dict[str, Any], key: str) -> Any:
+    value: Any = results
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def render(results: dict[str, Any]) -> str:
+    """The table: key, value, target, met."""
+    rows = []
+    for key, target, check in ROWS:
+        value = lookup(results, key)
+        if check is None:
+            met = ""
+        elif value is None:
+            met = "n/a"
+        else:
+            met = "yes" if check(value) else "NO"
+        rows.append([key, "null" if value is None else value, target or "-", met])
+    return table(["key", "value", "target", "met"], rows)
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
