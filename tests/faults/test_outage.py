@@ -53,9 +53,8 @@ async def test_tencent_outage_then_recovery(
     hang = asyncio.create_task(then_hang())
     try:
         await publish_all(broker, requests)
-        await asyncio.sleep(0)
         await wait_until(hang.done, BAD_GATEWAY_S + 5, "the hanging half of the outage")
-        # Half-way through the hangs: rotating, not holding, and nothing dead-lettered.
+        # Into the hangs: rotating, not holding, and nothing dead-lettered.
         await sandbox.wait_for(lambda calls: calls[-1].http_status == 504, timeout=10)
         assert await broker.count(names.dead) == 0
         outage_end = outage_start + BAD_GATEWAY_S - 0.5 + HANG_S
@@ -78,11 +77,14 @@ async def test_tencent_outage_then_recovery(
     assert {c.code for c in during} == {None}, "a call got through during the outage"
     assert {c.http_status for c in during} == {502, 504}
     assert figures.codes[0] == REQUESTS
-    # Budgets were spent and requests went to the tail: many distinct tasks were tried during
-    # the outage, each delivery at most ~BUDGET_S long.
+    # Budgets were spent and requests went to the tail: no delivery was held much past its
+    # budget (one last call, a hang cut at the 1 s read timeout, may overrun it), and the
+    # deliveries rotated through the queue.
     republished = events_named(worker, "request_republished")
-    assert len(republished) >= (BAD_GATEWAY_S + HANG_S) / (BUDGET_S + 2) - 1
-    assert len({c.task_id for c in during}) == REQUESTS
+    held = max(e["duration_s"] for e in republished)
+    assert held <= BUDGET_S + 2.0, held
+    assert len(republished) >= (BAD_GATEWAY_S + HANG_S) / (BUDGET_S + 2.0)
+    assert len({c.task_id for c in during}) >= min(REQUESTS, len(republished) - 1)
     assert min_gap(sandbox) >= sandbox.config.min_interval
     report(
         "tencent_outage",
@@ -91,6 +93,7 @@ async def test_tencent_outage_then_recovery(
         http_502=sum(c.http_status == 502 for c in during),
         hung_504=sum(c.http_status == 504 for c in during),
         republishes=len(republished),
+        longest_delivery_s=held,
         retries_logged=len(events_named(worker, "retry_scheduled")),
         all_recalled_after_outage_s=round(recovered - outage_end, 2),
         ledger=figures.figures(),

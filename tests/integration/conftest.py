@@ -118,14 +118,24 @@ class Broker:
             await channel.close()
 
     async def take(self, queue: str) -> list[AbstractIncomingMessage]:
-        """Remove and return every message in `queue`."""
+        """Remove and return every message in `queue`, in order.
+
+        Through a consumer, not basic.get: RabbitMQ refuses basic.get on a queue with a single
+        active consumer (RESOURCE_LOCKED).
+        """
+        expected = await self.count(queue)
         channel = await self.connection.channel()
         taken: list[AbstractIncomingMessage] = []
         try:
+            await channel.set_qos(prefetch_count=max(expected, 1))
             q = await channel.get_queue(queue, ensure=False)
-            while (message := await q.get(no_ack=False, fail=False)) is not None:
-                await message.ack()
-                taken.append(message)
+            if expected:
+                async with q.iterator() as messages:
+                    async for message in messages:
+                        await message.ack()
+                        taken.append(message)
+                        if len(taken) == expected:
+                            break
         finally:
             await channel.close()
         return taken
