@@ -10,7 +10,7 @@ import structlog
 
 from consumer.client import RevokeClient
 from consumer.pacing import Pacer
-from consumer.policy import History, Outcome, classify
+from consumer.policy import probe_passed
 from consumer.results import ApiAnswer
 
 # A TaskId no push ever had: a working configuration gets 90049 for it, a broken one the error
@@ -50,10 +50,8 @@ class HaltProbe:
             self._client.renew_usersig()  # picks up a fixed key file
             result = await self._client.post(PROBE_BODY)
             self._pacer.call_finished()
-            # The signature is fresh, so an "expired" answer is a clock or key fault: a HALT too.
-            decision = classify(result, History(renewed_usersig=True), self._pacer.interval_s)
             code = result.code if isinstance(result, ApiAnswer) else None
-            if decision.outcome is not Outcome.HALT and isinstance(result, ApiAnswer):
+            if probe_passed(result):
                 self._log.info("halt_probe_passed", code=code)
                 await resume()
                 return

@@ -117,3 +117,14 @@ _ACTIONS = {
 def action_for(outcome: Outcome) -> Action:
     """The one mapping from an outcome to what happens to the delivery."""
     return _ACTIONS[outcome]
+
+
+def probe_passed(result: ApiResult) -> bool:
+    """Whether a halted worker's probe proves its identity and signature are accepted again.
+
+    The probe is made with a fresh UserSig, so an "expired" answer is a clock or key fault.
+    Only an answer about the TaskId itself (90049 for the probe's) proves the configuration
+    works; a 90051, a 91000 or a 502 proves nothing either way.
+    """
+    decision = classify(result, History(renewed_usersig=True))
+    return decision.outcome in (Outcome.DEAD_LETTER, Outcome.RECALLED)

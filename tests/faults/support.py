@@ -17,8 +17,10 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from starlette.requests import Request
+from starlette.responses import Response
 
-from consumer.sandbox import Sandbox
+from consumer.sandbox import Sandbox, SandboxConfig
 from consumer.stream import read_results
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, ResultEvent
 from tests.conftest import broker_address
@@ -234,6 +236,28 @@ async def take_unacked_then_drop(broker: FaultBroker, queue: str) -> str | None:
     finally:
         await channel.close()
     return None
+
+
+class RecordingSandbox(Sandbox):
+    """The sandbox, also keeping what each revoke call carried: its UserSig and its body."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        super().__init__(config)
+        self.received: list[Received] = []
+
+    async def _revoke(self, request: Request) -> Response:
+        response = await super()._revoke(request)
+        body = await request.body()  # starlette keeps the body it already read
+        self.received.append(Received(request.query_params.get("usersig", ""), body))
+        return response
+
+
+@dataclass(frozen=True)
+class Received:
+    """One revoke call's UserSig and body, as the sandbox received them."""
+
+    usersig: str
+    body: bytes
 
 
 # ---- pacing, processes, logs ---------------------------------------------------------------------

@@ -163,3 +163,24 @@ async def test_queue_with_other_arguments_is_a_clear_error(
     assert "x-queue-type" in log
     assert names.queue in log
     assert "Traceback" not in log
+
+
+async def test_sigterm_during_a_retry_wait_republishes_and_exits_promptly(
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.fail_next(100, task_id=task_id, code=70050)  # "wait a minute" before the next try
+    worker = await spawn_worker()
+    await worker.ready()
+    await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+    await sandbox.wait_for(lambda calls: len(calls) == 1, timeout=10)
+    await wait_until(
+        lambda: any(e.get("event") == "retry_scheduled" for e in worker.events()), 10, "a retry"
+    )
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.exit_code(timeout=10) == 0  # not after the 60 s lockout
+    assert len(sandbox.revoke_calls()) == 1
+    (again,) = await broker.take(names.queue)  # back at the tail, with what it learned
+    assert (again.headers or {})["x-recall-attempts"] == 1
+    assert (again.headers or {})["x-recall-may-have-reached"] is True
+    assert await broker.count(names.dead) == 0

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from consumer.policy import Action, History, Outcome, action_for, classify
+from consumer.policy import Action, History, Outcome, action_for, classify, probe_passed
 from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 
 FRESH = History()
@@ -105,3 +105,21 @@ def test_action_for(outcome: Outcome, action: Action) -> None:
 @pytest.mark.parametrize("kind", list(FailureKind))
 def test_may_have_arrived_false_only_for_connect(kind: FailureKind) -> None:
     assert fail(kind).may_have_arrived is (kind is not FailureKind.CONNECT)
+
+
+@pytest.mark.parametrize(
+    ("result", "passed"),
+    [
+        (ApiAnswer(90049, "no such task"), True),
+        (ApiAnswer(0, ""), True),
+        (ApiAnswer(70003, "bad sig"), False),
+        (ApiAnswer(70001, "expired again, with a fresh signature"), False),
+        (ApiAnswer(90009, "not admin"), False),
+        (ApiAnswer(90051, "too frequent"), False),
+        (ApiAnswer(91000, "internal"), False),
+        (TransportFailure(FailureKind.HTTP_STATUS, "HTTP 502", http_status=502), False),
+        (TransportFailure(FailureKind.TIMEOUT, "timeout"), False),
+    ],
+)
+def test_probe_passes_only_on_an_answer_about_the_task(result: ApiResult, passed: bool) -> None:
+    assert probe_passed(result) is passed
