@@ -13,6 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import DeliveryError
 
+from consumer.envelope import copy_message
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,
@@ -223,15 +224,4 @@ async def move_dead_letters(
 
 def _replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
     headers = {k: v for k, v in (message.headers or {}).items() if k not in REPLAY_DROPS}
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=message.correlation_id,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
+    return copy_message(message, headers)

@@ -62,7 +62,8 @@ def read_envelope(message: AbstractIncomingMessage, now: float) -> Envelope:
     )
 
 
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The delivered message, body and properties, to publish again with `headers`."""
     # The original body byte for byte with its properties. Not `expiration` (a TTL would expire
     # the dead letter) and not `user_id` (the broker checks it against our own login).
     return aio_pika.Message(
@@ -110,7 +111,7 @@ def dead_letter_message(
             H_DEAD_LETTERED_AT: int(now),
         }
     )
-    return _copy(message, headers)
+    return copy_message(message, headers)
 
 
 def republish_message(
@@ -125,4 +126,4 @@ def republish_message(
             H_MAY_HAVE_REACHED: may_have_reached,
         }
     )
-    return _copy(message, headers)
+    return copy_message(message, headers)

@@ -8,10 +8,9 @@ import contextlib
 import json
 import random
 import re
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -22,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from consumer.serving import base_url, bind, serve_app
 from consumer.usersig import UserSigError, verify_usersig
 from schemas.api import meaning
 
@@ -511,89 +511,23 @@ def _random(request: Request) -> int | None:
     return int(rnd) if _DIGITS.fullmatch(rnd) else None
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )[0]
-    # proto must say TCP: asyncio only sets TCP_NODELAY on such sockets, and without it every
-    # answer waits ~40 ms for a delayed ACK (Nagle), which would skew latency and pacing.
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _base_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server for someone else's process: no signal handlers, prompt exit."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.stop = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # SIGINT/SIGTERM belong to the host (the worker, pytest)
-
-    async def main_loop(self) -> None:
-        # uvicorn's loop, except that it wakes as soon as `stop` is set instead of within 0.1 s:
-        # many tests start and stop a sandbox each.
-        counter = 0
-        while not await self.on_tick(counter):
-            counter += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 0.1)
-
-
 @contextlib.asynccontextmanager
 async def serve_sandbox(
     sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve the sandbox in the current event loop; yields its base URL."""
-    sock = _bind(host, port)  # bound here, so a busy port raises OSError, not SystemExit
-    config = uvicorn.Config(
-        sandbox.app(),
-        log_level="warning",
-        log_config=None,  # in-process: leave the host's logging setup alone
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-    )
-    server = _EmbeddedServer(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:  # uvicorn offers no event for this
-            if task.done():
-                task.result()
-                raise RuntimeError("sandbox server stopped while starting")
-            await asyncio.sleep(0.005)
-        yield _base_url(sock)
-    finally:
-        sandbox._end_pauses()  # answer hanging calls now rather than keep shutdown waiting
-        server.should_exit = True
-        server.stop.set()
-        if not task.done():
-            await task
-        sock.close()
+    # Hanging calls are answered at exit rather than keep the shutdown waiting.
+    async with serve_app(sandbox.app(), host, port, before_exit=sandbox._end_pauses) as url:
+        yield url
 
 
 def run_sandbox(config: SandboxConfig, host: str, port: int) -> None:
     """Run the sandbox until interrupted (the `tim-recall sandbox` command)."""
     sandbox = Sandbox(config)
-    sock = _bind(host, port)
+    sock = bind(host, port)
     admin = min(config.admins, default="")
     print(
-        f"tim-recall sandbox at {_base_url(sock)} sdkappid={config.sdkappid} "
+        f"tim-recall sandbox at {base_url(sock)} sdkappid={config.sdkappid} "
         f"identifier={admin} secret_key={config.secret_key}",
         flush=True,
     )
