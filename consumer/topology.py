@@ -48,6 +48,11 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.dead_letter_queue,
+            # What the broker dead-letters itself is kept until the dead-letter queue confirms
+            # it (at-least-once needs reject-publish overflow; with no length limit set, that
+            # never refuses a publish).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
 
     def dead_letter_arguments(self) -> dict[str, Any]:

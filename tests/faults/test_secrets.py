@@ -31,14 +31,13 @@ from tests.integration.conftest import (
     FAST_INTERVAL_S,
     OVERWRITE,
     Names,
-    RunningWorker,
     SpawnWorker,
     WorkerFactory,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-WRONG_KEY = "wrong-secret-key-that-must-not-leak-0123456789"  # noqa: S105 - a test value
+WRONG_KEY = "wrong-secret-key-that-must-not-leak-0123456789"
 USERSIG_TOKEN = re.compile(r"e[AFJN][A-Za-z0-9*\-_]{40,}")
 USERSIG_QUERY = re.compile(r"usersig=", re.IGNORECASE)
 
@@ -61,6 +60,8 @@ def secrets_of(sandbox: RecordingSandbox) -> set[str]:
     """The keys used in the run and every UserSig the sandbox received."""
     usersigs = {r.usersig for r in sandbox.received if r.usersig}
     assert usersigs, "the sandbox received no UserSig: the run made no call"
+    # The detector sees a real one: the pattern fits every UserSig the worker sent.
+    assert all(USERSIG_TOKEN.fullmatch(u) for u in usersigs), usersigs
     return {sandbox.config.secret_key, WRONG_KEY, *usersigs}
 
 
@@ -81,8 +82,12 @@ def scenario(sandbox: RecordingSandbox) -> tuple[list[Published], list[Published
         request_for(renewed, {"TaskId": renewed, "OfflinePushInfo": OVERWRITE}),
         request_for(None, {"TaskId": "no-such-task-0001", "OfflinePushInfo": OVERWRITE}),
         request_for(no_overwrite, {"TaskId": no_overwrite}),  # 90053
-        request_for(elsewhere, {"TaskId": elsewhere, "OfflinePushInfo": OVERWRITE}, recalled_elsewhere=True),
-        request_for(None, b"usersig=not-json at all"),  # 90001 local
+        request_for(
+            elsewhere,
+            {"TaskId": elsewhere, "OfflinePushInfo": OVERWRITE},
+            recalled_elsewhere=True,
+        ),
+        request_for(None, b"not json at all"),  # 90001 local
     ]
     # The halt: a renewal (70001) makes the next UserSig from the key file, which now holds a
     # wrong key: 70003, a configuration error.
@@ -114,8 +119,8 @@ async def test_no_secret_in_any_output(
 
     key_file.write_text(WRONG_KEY)
     await publish_all(broker, halt)
-    await wait_until(lambda: events_named(worker, "worker_halted"), 15, "the worker to halt")
-    await wait_until(lambda: events_named(worker, "halt_probe_failed"), 15, "a failed probe")
+    await wait_until(lambda: bool(events_named(worker, "worker_halted")), 15, "the worker to halt")
+    await wait_until(lambda: bool(events_named(worker, "halt_probe_failed")), 15, "a failed probe")
     key_file.write_text(sandbox.config.secret_key)  # an operator fixes the Secret
     await wait_until(lambda: sandbox.is_recalled(halted), 20, "the recall after the fix")
     await wait_until(lambda: _settled(worker) >= len(first) + 1, 10, "the last request settled")
@@ -190,7 +195,6 @@ async def test_no_secret_in_log_events_in_process(
             await wait_until(lambda: _probe_failed(captured), 15, "a failed probe")
             key_file.write_text(sandbox.config.secret_key)
             await running.wait_settled(len(first) + 1, timeout=20)
-    _: RunningWorker = running
     figures = await ledger(broker, sandbox, first + halt)
     assert sandbox.is_recalled(halted)
     secrets = secrets_of(sandbox)
