@@ -66,6 +66,14 @@ def result_event(
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    """Whether the delivery was settled, and the results event when one was told."""
+
+    done: bool
+    event: ResultEvent | None = None
+
+
 class Settler:
     """Carries out `action_for(outcome)` on a delivery, step by step, each step retried.
 
@@ -92,13 +100,13 @@ class Settler:
         envelope: Envelope,
         verdict: Verdict,
         log: FilteringBoundLogger,
-    ) -> ResultEvent | None:
-        """Settle the delivery; the results event when it is recalled or dead-lettered."""
+    ) -> Settled:
+        """Settle the delivery; with the results event when it is recalled or dead-lettered."""
         action = action_for(verdict.outcome)
         now = self._clock()
         if action is Action.RELEASE:
             await self.release(message, log)
-            return None
+            return Settled(done=False)
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         event: ResultEvent | None = None
         if action is Action.REPUBLISH:
@@ -129,8 +137,8 @@ class Settler:
         steps.append(("ack", message.ack))
         for name, step in steps:
             if not await self._step(name, step, message, log):
-                return None
-        return event if action is not Action.REPUBLISH else None
+                return Settled(done=False)
+        return Settled(done=True, event=event)
 
     async def release(self, message: AbstractIncomingMessage, log: FilteringBoundLogger) -> None:
         """Hand a delivery back unsettled (halting, stopping); counts as a delivery attempt."""

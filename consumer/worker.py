@@ -22,7 +22,7 @@ from consumer.envelope import Envelope, read_envelope
 from consumer.halt import HaltProbe
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer
-from consumer.policy import Action, History, Outcome, action_for
+from consumer.policy import History, Outcome
 from consumer.prepare import (
     RECALL_WINDOW_S,
     PrepareRules,
@@ -184,7 +184,8 @@ class Worker:
                 return
             assert self._settler is not None
             settled = await self._settler.settle(message, envelope, verdict, log)
-            self._tell(message, verdict, settled, time.monotonic() - started, log)
+            if settled.done:
+                self._tell(message, verdict, settled.event, time.monotonic() - started, log)
 
     async def _take_over(self) -> None:
         """First delivery since subscribing: we may have just become the active consumer."""
@@ -218,15 +219,13 @@ class Worker:
         try:
             request = parse_request(message.body, self.config.max_body_bytes)
         except InvalidRequest as exc:
-            return _local(90001, exc.info, "invalid", envelope, None)
+            return _local(Refuse(90001, exc.info, "invalid"), _history(envelope), None)
         now = self._clock()
         prepared = prepare(request, envelope.first_seen, self.memory, self.config.prepare, now)
         if isinstance(prepared, Refuse):
-            return _local(prepared.code, prepared.info, prepared.reason, envelope, request)
+            return _local(prepared, _history(envelope), request)
         log = log.bind(task_id=request.task_id)
-        attempts = await self._recaller.recall(
-            prepared.request, History(envelope.attempts, envelope.may_have_reached), log
-        )
+        attempts = await self._recaller.recall(prepared.request, _history(envelope), log)
         return self._verdict(prepared.request, envelope, attempts)
 
     def _verdict(self, request: RecallRequest, envelope: Envelope, attempts: Attempts) -> Verdict:
@@ -237,14 +236,7 @@ class Worker:
                 request.task_id, envelope.first_seen, self.config.prepare, self._clock()
             )
             if closed is not None:
-                envelope = Envelope(
-                    attempts.history.attempts,
-                    envelope.first_seen,
-                    attempts.history.may_have_reached,
-                    envelope.message_id,
-                    envelope.correlation_id,
-                )
-                return _local(closed.code, closed.info, "expired", envelope, request)
+                return _local(closed, attempts.history, request)
         return Verdict(
             outcome=decision.outcome,
             code=attempts.code,
@@ -303,13 +295,10 @@ class Worker:
             "reason": verdict.reason,
             "duration_s": round(duration_s, 4),
         }
-        if verdict.outcome is Outcome.RETRY:
-            if action_for(verdict.outcome) is Action.REPUBLISH:
-                self.metrics.republished.inc()
+        if event is None:  # re-published to the queue's tail: not settled yet
+            self.metrics.republished.inc()
             log.warning("request_republished", info=verdict.info, **fields)
             return
-        if event is None:
-            return  # not settled; logged by settle
         if event.outcome == "recalled":
             self.metrics.last_recall.set(event.settled_at.timestamp())
             if event.task_id is not None:
@@ -328,21 +317,20 @@ class Worker:
             self._on_settled(event)
 
 
-def _local(
-    code: int,
-    info: str,
-    reason: str,
-    envelope: Envelope,
-    request: RecallRequest | None,
-) -> Verdict:
+def _history(envelope: Envelope) -> History:
+    return History(attempts=envelope.attempts, may_have_reached=envelope.may_have_reached)
+
+
+def _local(refusal: Refuse, history: History, request: RecallRequest | None) -> Verdict:
+    """A dead letter decided here, with no call (source `local`)."""
     return Verdict(
         outcome=Outcome.DEAD_LETTER,
-        code=code,
-        info=info,
+        code=refusal.code,
+        info=refusal.info,
         source="local",
-        attempts=envelope.attempts,
-        reason=reason,
-        may_have_reached=envelope.may_have_reached,
+        attempts=history.attempts,
+        reason=refusal.reason,
+        may_have_reached=history.may_have_reached,
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),
     )
