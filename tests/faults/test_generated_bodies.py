@@ -526,6 +526,7 @@ async def test_generated_bodies(
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason=(
         "product bug: a number literal past a double's range (1e400) parses to inf, passes "
         "validation in a pass-through field, and is sent to the API as null "

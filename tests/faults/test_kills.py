@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 SEED = 20261126
 REQUESTS = 40
-LATENCY_S = 0.05  # the sandbox answers this long after a call arrives: room to kill mid-call
+LATENCY_S = 0.08  # the sandbox answers this long after a call arrives: room to kill mid-call
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,6 @@ class Kill:
     after_calls: int
     mode: str  # "mid_call" or "between_calls"
     since_arrival_s: float  # from the last call's arrival to the SIGKILL
-    settled_by_victim: int
 
     @property
     def in_flight(self) -> bool:
@@ -67,23 +66,18 @@ async def test_three_sigkills_during_a_40_request_run(
     kills: list[Kill] = []
     worker = await spawn_worker()
     await worker.ready()
+    lifetimes = [worker]
     for target, mode in zip(targets, modes, strict=True):
         await sandbox.wait_for(lambda calls, n=target: len(calls) >= n, timeout=30)
         if mode == "between_calls":
-            await asyncio.sleep(rng.uniform(LATENCY_S + 0.01, LATENCY_S + 0.09))  # a timed kill
-        await kill(worker)
+            await asyncio.sleep(rng.uniform(LATENCY_S + 0.005, LATENCY_S + 0.07))  # timed kill
         killed_at = time.monotonic()
-        last = sandbox.revoke_calls()[-1]
-        kills.append(
-            Kill(
-                target,
-                mode,
-                killed_at - last.arrived,
-                len(events_named(worker, "request_recalled")),
-            )
-        )
+        await kill(worker)
+        last = [c for c in sandbox.revoke_calls() if c.arrived <= killed_at][-1]
+        kills.append(Kill(target, mode, killed_at - last.arrived))
         worker = await spawn_worker()
         await worker.ready()
+        lifetimes.append(worker)
 
     await wait_until(lambda: len(sandbox.recalled_task_ids()) == REQUESTS, 40, "every recall")
     await wait_until(lambda: _queue_empty(broker, names), 20, "an empty recall queue")
@@ -106,7 +100,8 @@ async def test_three_sigkills_during_a_40_request_run(
     report(
         "three_sigkills",
         seed=SEED,
-        kills=[(k.after_calls, k.mode, round(k.since_arrival_s, 3)) for k in kills],
+        kills=[(k.after_calls, k.mode, round(k.since_arrival_s, 3), k.in_flight) for k in kills],
+        recalled_per_lifetime=[len(events_named(w, "request_recalled")) for w in lifetimes],
         min_gap_s=round(gap, 3),
         calls=len(calls),
         ledger=figures.figures(),
@@ -119,6 +114,7 @@ async def _queue_empty(broker: FaultBroker, names: Names) -> bool:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason=(
         "product bug: a redelivery of a request whose results event was already written "
         "(crash between the event's confirm and the ack) hits the recall memory rebuilt from "
