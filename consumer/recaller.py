@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -52,14 +53,14 @@ class Attempts:
         return ""
 
 
-class _StopWhenSet(stop_base):
-    """Stop retrying once the worker is shutting down."""
+class _StopWhen(stop_base):
+    """Stop retrying once `condition()` holds (shutting down, or the delivery is void)."""
 
-    def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        self._condition = condition
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._event.is_set()
+        return self._condition()
 
 
 def metric_code(result: ApiResult) -> str:
@@ -79,12 +80,15 @@ class Recaller:
         metrics: Metrics,
         rules: RetryRules,
         stopping: asyncio.Event,
+        *,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
         self._pacer = pacer
         self._metrics = metrics
         self._rules = rules
         self._stopping = stopping
+        self._connected = connected
         self._backoff = wait_exponential_jitter(
             multiplier=rules.initial_s, max=rules.max_s, jitter=rules.initial_s
         )
@@ -92,9 +96,14 @@ class Recaller:
     async def call_once(self, request: RecallRequest, attempts: Attempts) -> Attempts:
         """Wait for a slot, make one call, and classify its result."""
         await self._pacer.wait_turn()
+        if not self._may_call():
+            return attempts
         started = time.monotonic()
-        result = await self._client.revoke(request)
-        self._pacer.call_finished()
+        try:
+            result = await self._client.revoke(request)
+        finally:
+            # Also when cancelled mid-call (the broker closed our channel): it may have arrived.
+            self._pacer.call_finished()
         self._metrics.api_call_seconds.observe(time.monotonic() - started)
         self._metrics.api_calls.labels(metric_code(result)).inc()
         decision = classify(result, attempts.history, self._pacer.interval_s)
@@ -119,6 +128,8 @@ class Recaller:
         async def attempt() -> Attempts:
             if self._stopping.is_set() and attempts.last is not None:
                 return attempts  # shutting down: no new call, settle what we have
+            if not self._may_call():
+                return attempts
             return await self.call_once(request, attempts)
 
         def wait(state: RetryCallState) -> float:
@@ -142,7 +153,8 @@ class Recaller:
 
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda a: a.decision.outcome is Outcome.RETRY),
-            stop=stop_before_delay(self._rules.budget_s) | _StopWhenSet(self._stopping),
+            stop=stop_before_delay(self._rules.budget_s)
+            | _StopWhen(lambda: self._stopping.is_set() or not self._may_call()),
             wait=wait,
             sleep=self._sleep_unless_stopping,
             before_sleep=before_sleep,
@@ -150,6 +162,12 @@ class Recaller:
         )
         result: Attempts = await retrying(attempt)
         return result
+
+    def _may_call(self) -> bool:
+        # Without the broker our delivery is void: it goes to another replica, which calls for
+        # it. Calling too would put two callers on one quota (a partition, before the heartbeat
+        # notices, is the case that matters).
+        return self._connected()
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.

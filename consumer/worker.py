@@ -76,7 +76,9 @@ class Worker:
         self._clock = clock
         self._on_settled = on_settled
         self._stopping = asyncio.Event()
-        self._recaller = Recaller(client, pacer, metrics, config.retry, self._stopping)
+        self._recaller = Recaller(
+            client, pacer, metrics, config.retry, self._stopping, connected=self._broker_connected
+        )
         self._probe = HaltProbe(client, pacer, config.halt_probe_initial_s, config.halt_probe_max_s)
         self._busy = asyncio.Lock()
         self._connection: AbstractRobustConnection | None = None
@@ -91,10 +93,13 @@ class Worker:
     def readiness(self) -> dict[str, bool]:
         """Each readiness condition: connected, consumer registered, not halted."""
         return {
-            "connected": self._connection is not None and self._connection.connected.is_set(),
+            "connected": self._broker_connected(),
             "consuming": self._consumer_tag is not None,
             "not_halted": not self.halted,
         }
+
+    def _broker_connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
 
     def stop(self) -> None:
         """Stop taking messages; the call in flight finishes and is settled."""

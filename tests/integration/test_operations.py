@@ -228,3 +228,39 @@ async def test_dlq_purge_needs_yes_and_removes_only_that_code(
     assert "2 dead letter(s) purged" in out
     (left,) = await broker.take(names.dead)
     assert (left.headers or {})[H_ERROR_CODE] == 90049
+
+
+async def test_no_call_once_the_broker_is_gone_the_delivery_is_void(
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker
+) -> None:
+    # A partition: another replica may get this request now; calling on would put two callers
+    # on one quota. The worker stops calling until the broker is back.
+    host, port = broker_address()
+    proxy = TcpProxy(host, port, free_port())
+    await proxy.start()
+    try:
+        worker = await spawn_worker(
+            RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+            RECALL_RETRY_BUDGET_S="60",
+        )
+        await worker.ready()
+        task_id = sandbox.create_task()
+        sandbox.fail_next(1000, task_id=task_id, code=91000)
+        await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+        await sandbox.wait_for(lambda calls: len(calls) >= 3, timeout=10)
+        await proxy.cut()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
+            await wait_until(lambda: _status(http, "/readyz", 503), 15, "the broker loss seen")
+            calls_at_loss = len(sandbox.revoke_calls())
+            # Several retry intervals pass: none of them may produce a call.
+            await asyncio.sleep(1.0)
+            assert len(sandbox.revoke_calls()) <= calls_at_loss + 1  # at most one in flight
+            sandbox.clear_faults()
+            await proxy.start()
+            await wait_until(lambda: _status(http, "/readyz", 200), 30, "reconnection")
+        await wait_until(lambda: _settled(worker, 1), 20, "the redelivered request settled")
+    finally:
+        await proxy.cut()
+    assert sandbox.recalled_task_ids() == [task_id]
+    assert await broker.count(names.queue) == 0
+    assert await broker.count(names.dead) == 0
