@@ -93,14 +93,16 @@ async def overhead(workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "codes": stats.codes(calls),
         "publish_backlog_s": round(publish_s, 2),
     }
+    growth_kb = (rss20 - rss5) * 1024 / ((MEMORY_N - OVERHEAD_N) / 1000)
     memory_figures = {
         "rss_mb_idle": round(rss_idle, 1),
         "rss_mb_after_5000": round(rss5, 1),
         "rss_mb_after": round(rss20, 1),
         "requests": MEMORY_N,
-        "growth_kb_per_1000_after_5000": round(
-            (rss20 - rss5) * 1024 / ((MEMORY_N - OVERHEAD_N) / 1000), 1
-        ),
+        "growth_kb_per_1000_after_5000": round(growth_kb, 1),
+        # The worker remembers each TaskId recalled in the last 24 h (duplicate suppression):
+        # at the real 1 call/s limit that is at most 86,400 of them. A linear projection.
+        "rss_mb_projected_86400": round(rss5 + growth_kb * (86_400 - OVERHEAD_N) / 1000 / 1024, 1),
     }
     return overhead_figures, memory_figures
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bench.procs import AMQP_URL, Fleet, poll
@@ -74,10 +75,30 @@ class Stage:
             )
 
 
+class BrokerInterrupted(RuntimeError):
+    """The broker closed the scenario's connection (restarted?): its figures mean nothing."""
+
+
+_INTERRUPTED = (
+    "the broker closed the connection during the run on {queue} (restarted by someone else?): "
+    "its figures are not valid"
+)
+
+
+async def _connect_patiently(timeout: float = 30.0) -> AbstractConnection:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await aio_pika.connect(AMQP_URL)
+        except (ConnectionError, aiormq.exceptions.AMQPError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def _delete(names: Sequence[str]) -> None:
     """Delete the scenario's queues on a connection of its own (the stage's may be gone)."""
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
+    async with await _connect_patiently() as connection:
         for name in names:
             channel = await connection.channel()
             with contextlib.suppress(Exception):
@@ -96,7 +117,11 @@ async def stage(
     queue = f"bench-{'baseline' if baseline else 'recall'}-{uuid.uuid4().hex[:12]}"
     names = [queue] if baseline else [queue, f"{queue}.dead", f"{queue}.results"]
     async with serve_sandbox(sandbox) as url:
-        connection = await aio_pika.connect(AMQP_URL)
+        connection = await aio_pika.connect(
+            AMQP_URL, client_properties={"connection_name": f"tim-recall-bench {queue}"}
+        )
+        lost: list[object] = []  # the broker closed the connection (is_closed does not tell)
+        connection.close_callbacks.add(lambda _, exc=None: lost.append(exc))
         try:
             if baseline:
                 setup = await connection.channel()
@@ -107,6 +132,13 @@ async def stage(
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             async with Fleet(workdir, sandbox, url, queue) as fleet:
                 yield Stage(sandbox, connection, channel, queue, fleet, time.monotonic())
+        except Exception as exc:
+            if lost:
+                raise BrokerInterrupted(_INTERRUPTED.format(queue=queue)) from exc
+            raise
+        else:
+            if lost:
+                raise BrokerInterrupted(_INTERRUPTED.format(queue=queue))
         finally:
             with contextlib.suppress(Exception):
                 await connection.close()

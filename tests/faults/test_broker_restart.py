@@ -9,6 +9,7 @@ runs on a fresh one, and the fixture's teardown reconnects. The app is started a
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import datetime
 
 import pytest
@@ -67,7 +68,9 @@ async def test_broker_restart_mid_run(
     reconnected = events_named(worker, "broker_reconnected")
     assert reconnected, "the worker never logged broker_reconnected"
     back_at = datetime.fromisoformat(reconnected[0]["timestamp"]).timestamp()
-    settle_failures = events_named(worker, "settle_failed")
+    settle_trouble = Counter(
+        e["event"] for e in worker.events() if str(e.get("event", "")).startswith("settle_")
+    )
     walls = [c.wall for c in sandbox.revoke_calls()]
     first_call_back = min(w for w in walls if w > restart.port_open_at)
     calls_while_down = sum(restart.stopped_at < w < restart.port_open_at for w in walls)
@@ -81,7 +84,7 @@ async def test_broker_restart_mid_run(
         booted_after_port_open_s=round(restart.booted_at - restart.port_open_at, 2),
         calls_while_down=calls_while_down,
         reconnects=len(reconnected),
-        settle_failed=len(settle_failures),
+        settle_events=dict(settle_trouble),
         ledger=figures.figures(),
     )
 

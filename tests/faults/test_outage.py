@@ -44,20 +44,24 @@ async def test_tencent_outage_then_recovery(
     outage_start = time.monotonic()
     sandbox.outage(BAD_GATEWAY_S, http_status=502)
 
-    async def then_hang() -> None:
+    async def then_hang() -> float:
         # Deliberately timed: the second half of the outage replaces the first just before it
         # ends (outage() replaces the window), so there is no gap where a call could succeed.
         await asyncio.sleep(BAD_GATEWAY_S - 0.5)
+        end = time.monotonic() + HANG_S  # no later than the sandbox's own end of the window
         sandbox.outage(HANG_S, hang=2.0)
+        return end
 
     hang = asyncio.create_task(then_hang())
     try:
         await publish_all(broker, requests)
         await wait_until(hang.done, BAD_GATEWAY_S + 5, "the hanging half of the outage")
-        # Into the hangs: rotating, not holding, and nothing dead-lettered.
-        await sandbox.wait_for(lambda calls: calls[-1].http_status == 504, timeout=10)
+        outage_end = hang.result()
+        # Into the hangs, and nothing dead-lettered so far.
+        await sandbox.wait_for(
+            lambda calls: bool(calls) and calls[-1].http_status == 504, timeout=10
+        )
         assert await broker.count(names.dead) == 0
-        outage_end = outage_start + BAD_GATEWAY_S - 0.5 + HANG_S
         await wait_until(
             lambda: len(sandbox.recalled_task_ids()) == REQUESTS,
             HANG_S + 30,
