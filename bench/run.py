@@ -7,6 +7,7 @@ and baseline runs as a process of its own. Targets are reported, not asserted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import sys
 import tempfile
@@ -99,6 +100,9 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
 
 
 async def main() -> None:
+    # aio-pika logs a traceback when the broker drops a connection; Clock says it in one line.
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     clock = Clock()
     await _check_broker()
     workdir = Path(tempfile.mkdtemp(prefix="tim-recall-bench-"))

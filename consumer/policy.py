@@ -15,6 +15,8 @@ class Outcome(StrEnum):
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     HALT = "halt"
+    # This very message was settled and told before a crash took its ack: only the ack is owed.
+    ALREADY_SETTLED = "already_settled"
 
 
 QUOTA_CODES = frozenset({90051, 60007, 60011, 60018, 60019})
@@ -104,6 +106,7 @@ class Action(StrEnum):
     DEAD_LETTER = "dead_letter"  # publish the dead letter (confirmed), tell, then ack
     REPUBLISH = "republish"  # budget spent: publish to the queue's tail (confirmed), then ack
     RELEASE = "release"  # halted: the consumer is cancelled; hand the message back unsettled
+    ACK_ONLY = "ack_only"  # already settled and told: ack, publish nothing again
 
 
 _ACTIONS = {
@@ -111,6 +114,7 @@ _ACTIONS = {
     Outcome.DEAD_LETTER: Action.DEAD_LETTER,
     Outcome.RETRY: Action.REPUBLISH,
     Outcome.HALT: Action.RELEASE,
+    Outcome.ALREADY_SETTLED: Action.ACK_ONLY,
 }
 
 

@@ -31,46 +31,77 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class _Window:
+    """Keys with a time, oldest first, forgotten once older than the window."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def add(self, key: str, at: float, now: float) -> None:
+        if at < now - self._window_s:
+            return
+        known = self._at.get(key)
+        if known is None or at < known:
+            # A new key goes to the end; an earlier time for a known key keeps its place, so
+            # `prune` may keep it a little longer than the window (lookups check the time).
+            self._at[key] = at
+        self.prune(now)
+
+    def get(self, key: str, now: float) -> float | None:
+        at = self._at.get(key)
+        return None if at is None or at < now - self._window_s else at
+
+    def prune(self, now: float) -> None:
+        horizon = now - self._window_s
+        while self._at:
+            key, at = next(iter(self._at.items()))
+            if at >= horizon:
+                break
+            del self._at[key]
+
+    def clear(self) -> None:
+        self._at.clear()
+
+
 class RecallMemory:
-    """TaskIds recalled in the last 24 hours, oldest first; bounded by the window."""
+    """What was settled in the last 24 hours: TaskIds recalled, message_ids told; bounded."""
 
     def __init__(self, window_s: float = RECALL_WINDOW_S) -> None:
-        self._window_s = window_s
-        self._recalled: OrderedDict[str, float] = OrderedDict()
+        self._recalled = _Window(window_s)
+        self._told = _Window(window_s)
 
     def __len__(self) -> int:
         return len(self._recalled)
 
     def remember(self, task_id: str, recalled_at: float, now: float) -> None:
         """Note that `task_id` was recalled at `recalled_at` (unix seconds)."""
-        if recalled_at < now - self._window_s:
-            return
-        known = self._recalled.get(task_id)
-        if known is None or recalled_at < known:
-            # A new key goes to the end; an earlier time for a known key keeps its place, so
-            # `prune` may keep it a little longer than the window (lookups check the time).
-            self._recalled[task_id] = recalled_at
-        self.prune(now)
+        self._recalled.add(task_id, recalled_at, now)
 
     def recalled_at(self, task_id: str, now: float) -> float | None:
         """When `task_id` was recalled, if within the window."""
-        at = self._recalled.get(task_id)
-        if at is None or at < now - self._window_s:
-            return None
-        return at
+        return self._recalled.get(task_id, now)
+
+    def remember_told(self, message_id: str, settled_at: float, now: float) -> None:
+        """Note that the request with `message_id` was settled and its result told."""
+        self._told.add(message_id, settled_at, now)
+
+    def was_told(self, message_id: str, now: float) -> bool:
+        """Whether the request with `message_id` was settled and told within the window."""
+        return self._told.get(message_id, now) is not None
 
     def prune(self, now: float) -> None:
-        """Forget what fell out of the window (entries arrive roughly in time order)."""
-        horizon = now - self._window_s
-        while self._recalled:
-            task_id, at = next(iter(self._recalled.items()))
-            if at >= horizon:
-                break
-            del self._recalled[task_id]
+        """Forget what fell out of the window."""
+        self._recalled.prune(now)
+        self._told.prune(now)
 
     def clear(self) -> None:
         """Forget everything (before a rebuild)."""
         self._recalled.clear()
+        self._told.clear()
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,18 @@ class Refuse:
     code: int
     info: str
     reason: str  # low-cardinality, for metrics and logs
+
+
+@dataclass(frozen=True)
+class AlreadySettled:
+    """This very message was settled and told before a crash took its ack: ack it, no more."""
+
+
+@dataclass(frozen=True)
+class RecalledEarlier:
+    """A redelivery whose TaskId is recalled: our own earlier delivery did it (no call)."""
+
+    info: str
 
 
 @dataclass(frozen=True)
@@ -124,11 +167,24 @@ def prepare(
     memory: RecallMemory,
     rules: PrepareRules,
     now: float,
-) -> Proceed | Refuse:
-    """Decide whether a call can succeed, and with what body."""
+    *,
+    redelivered: bool = False,
+    message_id: str | None = None,
+) -> Proceed | Refuse | AlreadySettled | RecalledEarlier:
+    """Decide whether a call can succeed, and with what body.
+
+    `redelivered`: an earlier delivery of this message may have called (a crash, a lost ack).
+    """
+    if redelivered and message_id is not None and memory.was_told(message_id, now):
+        return AlreadySettled()
     recalled_at = memory.recalled_at(request.task_id, now)
     if recalled_at is not None:
-        return Refuse(90050, f"already recalled by tim-recall at {_iso(recalled_at)}", "duplicate")
+        when = _iso(recalled_at)
+        if redelivered and message_id is None:
+            # Without a message_id we cannot tell our earlier delivery from another request
+            # for the same task; a redelivery is most likely ours, and it is recalled either way.
+            return RecalledEarlier(f"recalled at {when}, by this request's earlier delivery")
+        return Refuse(90050, f"already recalled by tim-recall at {when}", "duplicate")
     closed = window_closed(request.task_id, first_seen, rules, now)
     if closed is not None:
         return closed

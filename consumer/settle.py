@@ -68,7 +68,8 @@ def result_event(
 
 @dataclass(frozen=True)
 class Settled:
-    """Whether the delivery was settled, and the results event when one was told."""
+    """Whether the delivery was acked, and the results event once it was told (even if the ack
+    then failed: the redelivery must not tell it again)."""
 
     done: bool
     event: ResultEvent | None = None
@@ -109,7 +110,9 @@ class Settler:
             return Settled(done=False)
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         event: ResultEvent | None = None
-        if action is Action.REPUBLISH:
+        if action is Action.ACK_ONLY:
+            pass
+        elif action is Action.REPUBLISH:
             again = republish_message(
                 message,
                 attempts=verdict.attempts,
@@ -131,14 +134,17 @@ class Settler:
                 dlq = self._topology.dead_letter_queue
                 steps.append(("dead_letter", lambda: self._publish(dead, dlq, log)))
             event = result_event(message, envelope, verdict, now)
-            told = result_message(event)
+            news = result_message(event)
             stream = self._topology.results_stream
-            steps.append(("result_event", lambda: self._publish(told, stream, log)))
+            steps.append(("result_event", lambda: self._publish(news, stream, log)))
         steps.append(("ack", message.ack))
+        told: ResultEvent | None = None
         for name, step in steps:
             if not await self._step(name, step, message, log):
-                return Settled(done=False)
-        return Settled(done=True, event=event)
+                return Settled(done=False, event=told)
+            if name == "result_event":
+                told = event
+        return Settled(done=True, event=told)
 
     async def release(self, message: AbstractIncomingMessage, log: FilteringBoundLogger) -> None:
         """Hand a delivery back unsettled (halting, stopping); counts as a delivery attempt."""

@@ -25,7 +25,9 @@ from consumer.pacing import Pacer
 from consumer.policy import History, Outcome
 from consumer.prepare import (
     RECALL_WINDOW_S,
+    AlreadySettled,
     PrepareRules,
+    RecalledEarlier,
     RecallMemory,
     Refuse,
     prepare,
@@ -189,6 +191,8 @@ class Worker:
                 return
             assert self._settler is not None
             settled = await self._settler.settle(message, envelope, verdict, log)
+            if settled.event is not None:
+                self._remember(settled.event, self._clock())
             if settled.done:
                 self._tell(message, verdict, settled.event, time.monotonic() - started, log)
 
@@ -210,8 +214,7 @@ class Worker:
                 self._connection, self.config.topology.results_stream, since
             ):
                 count += 1
-                if event.outcome == "recalled" and event.task_id is not None:
-                    self.memory.remember(event.task_id, event.settled_at.timestamp(), now)
+                self._remember(event, now)
         except (TimeoutError, *SETTLE_ERRORS) as exc:
             # Without the memory we may spend a call on a duplicate; the API still answers 90050.
             self._log.warning("memory_rebuild_incomplete", error=type(exc).__name__, read=count)
@@ -226,9 +229,31 @@ class Worker:
         except InvalidRequest as exc:
             return _local(Refuse(90001, exc.info, "invalid"), _history(envelope), None)
         now = self._clock()
-        prepared = prepare(request, envelope.first_seen, self.memory, self.config.prepare, now)
+        prepared = prepare(
+            request,
+            envelope.first_seen,
+            self.memory,
+            self.config.prepare,
+            now,
+            redelivered=envelope.may_have_reached,
+            message_id=envelope.message_id,
+        )
         if isinstance(prepared, Refuse):
             return _local(prepared, _history(envelope), request)
+        if isinstance(prepared, AlreadySettled):
+            return _local(
+                Refuse(0, "settled and told before", "already_settled"),
+                _history(envelope),
+                request,
+                Outcome.ALREADY_SETTLED,
+            )
+        if isinstance(prepared, RecalledEarlier):
+            return _local(
+                Refuse(90050, prepared.info, "recalled_earlier"),
+                _history(envelope),
+                request,
+                Outcome.RECALLED,
+            )
         log = log.bind(task_id=request.task_id)
         attempts = await self._recaller.recall(prepared.request, _history(envelope), log)
         return self._verdict(prepared.request, envelope, attempts)
@@ -284,6 +309,14 @@ class Worker:
 
     # ---- telling ---------------------------------------------------------------------------
 
+    def _remember(self, event: ResultEvent, now: float) -> None:
+        """What a told event means for later requests: a recalled TaskId, a told message."""
+        at = event.settled_at.timestamp()
+        if event.outcome == "recalled" and event.task_id is not None:
+            self.memory.remember(event.task_id, at, now)
+        if event.message_id is not None:
+            self.memory.remember_told(event.message_id, at, now)
+
     def _tell(
         self,
         message: AbstractIncomingMessage,
@@ -300,14 +333,15 @@ class Worker:
             "reason": verdict.reason,
             "duration_s": round(duration_s, 4),
         }
+        if verdict.outcome is Outcome.ALREADY_SETTLED:
+            log.info("request_already_settled", **fields)
+            return
         if event is None:  # re-published to the queue's tail: not settled yet
             self.metrics.republished.inc()
             log.warning("request_republished", info=verdict.info, **fields)
             return
         if event.outcome == "recalled":
             self.metrics.last_recall.set(event.settled_at.timestamp())
-            if event.task_id is not None:
-                self.memory.remember(event.task_id, event.settled_at.timestamp(), self._clock())
             log.info("request_recalled", **fields)
         else:
             self.metrics.dead_letters.labels(str(verdict.code), verdict.source).inc()
@@ -326,10 +360,15 @@ def _history(envelope: Envelope) -> History:
     return History(attempts=envelope.attempts, may_have_reached=envelope.may_have_reached)
 
 
-def _local(refusal: Refuse, history: History, request: RecallRequest | None) -> Verdict:
-    """A dead letter decided here, with no call (source `local`)."""
+def _local(
+    refusal: Refuse,
+    history: History,
+    request: RecallRequest | None,
+    outcome: Outcome = Outcome.DEAD_LETTER,
+) -> Verdict:
+    """An outcome decided here, with no call (source `local`): a dead letter by default."""
     return Verdict(
-        outcome=Outcome.DEAD_LETTER,
+        outcome=outcome,
         code=refusal.code,
         info=refusal.info,
         source="local",

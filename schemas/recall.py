@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
@@ -170,6 +171,14 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite_float(literal: str) -> float:
+    # 1e400 is valid JSON but no double: Python makes it inf, which would be sent as null.
+    value = float(literal)
+    if math.isinf(value):
+        raise ValueError(f"number {literal[:20]} is out of range")
+    return value
+
+
 def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest:
     """Turn a message body into a RecallRequest, or raise InvalidRequest saying why."""
     if len(body) > max_bytes:
@@ -179,7 +188,7 @@ def parse_request(body: bytes, max_bytes: int = MAX_BODY_BYTES) -> RecallRequest
     except UnicodeDecodeError as exc:
         raise InvalidRequest(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, parse_constant=_no_constants)
+        doc = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except RecursionError:
         raise InvalidRequest("body is not valid JSON: nested too deeply") from None
     except ValueError as exc:

@@ -524,16 +524,6 @@ async def test_generated_bodies(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "product bug: a number literal past a double's range (1e400) parses to inf, passes "
-        "validation in a pass-through field, and is sent to the API as null "
-        "(schemas/recall.py parse_request guards only the NaN/Infinity literals; "
-        "RecallRequest.api_body's model_dump(mode='json') turns inf into null)"
-    ),
-)
 async def test_number_past_a_double_is_refused_or_sent_as_written(
     broker: FaultBroker, names: Names, sandbox: RecordingSandbox, run_worker: WorkerFactory
 ) -> None:

@@ -112,16 +112,6 @@ async def _queue_empty(broker: FaultBroker, names: Names) -> bool:
     return await broker.count(names.queue) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "product bug: a redelivery of a request whose results event was already written "
-        "(crash between the event's confirm and the ack) hits the recall memory rebuilt from "
-        "the stream and is dead-lettered 90050 'duplicate' (consumer/worker.py _decide -> "
-        "consumer/prepare.py prepare), although the request was recalled by us"
-    ),
-)
 async def test_crash_between_results_event_and_ack_counts_as_recalled(
     broker: FaultBroker, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
 ) -> None:
@@ -155,25 +145,23 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
     taken = await take_unacked_then_drop(broker, names.queue)
     assert taken == request.message_id
 
-    async with run_worker() as running:
-        await running.wait_settled(1)
-    settled = running.settled[0]
+    async with run_worker():
+        await wait_until(lambda: _queue_empty(broker, names), 15, "the redelivery to be acked")
     letters = await _peek_dead(broker, names)
     report(
         "crash_between_results_event_and_ack",
-        outcome=settled.outcome,
-        code=settled.error_code,
-        source=settled.source,
         calls=len(sandbox.revoke_calls()),
         dead_letter_headers=[
             {k: v for k, v in h.items() if k in (H_ERROR_CODE, H_ERROR_SOURCE)} for h in letters
         ],
     )
-    # README: 90050 counts as recalled "when an earlier attempt for this request may have
-    # reached the server (a timeout, a redelivery after a crash)". It was ours.
-    assert settled.outcome == "recalled", (settled.outcome, settled.error_code, settled.error_info)
+    # It was settled and told before the crash: the redelivery is only acked. No call, no
+    # dead letter, and still exactly one results event (recalled) for the request.
+    assert sandbox.revoke_calls() == []
     figures = await ledger(broker, sandbox, [request])
     assert figures.dead == {}
+    assert figures.results_events == 1
+    assert figures.duplicate_events == 0
 
 
 async def _peek_dead(broker: FaultBroker, names: Names) -> list[dict[str, object]]:

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 import pytest
 
 from consumer.prepare import (
+    AlreadySettled,
     PrepareRules,
     Proceed,
+    RecalledEarlier,
     RecallMemory,
     Refuse,
     prepare,
@@ -63,6 +65,48 @@ def test_recalled_in_memory_is_refused_as_90050_naming_the_time() -> None:
     assert result.code == 90050
     assert iso(START + 60) in result.info
     assert isinstance(prepare(request("other_task"), now, memory, PrepareRules(), now), Proceed)
+
+
+@pytest.mark.parametrize(
+    ("redelivered", "message_id", "told", "expected"),
+    [
+        (True, "m-1", True, AlreadySettled),  # crash between the results event and the ack
+        (False, "m-1", True, Refuse),  # a new message with a reused id is still a duplicate
+        (True, "m-2", False, Refuse),  # another message for a task recalled by m-1
+        (True, None, False, RecalledEarlier),  # no id to tell: a redelivery is most likely ours
+        (False, None, False, Refuse),
+    ],
+)
+def test_redelivery_of_a_settled_request_is_not_a_duplicate(
+    redelivered: bool, message_id: str | None, told: bool, expected: type
+) -> None:
+    memory = RecallMemory()
+    now = START + 3600
+    memory.remember(TASK_ID, START + 60, now)
+    if told:
+        memory.remember_told("m-1", START + 60, now)
+    result = prepare(
+        request(),
+        now - 10,
+        memory,
+        PrepareRules(),
+        now,
+        redelivered=redelivered,
+        message_id=message_id,
+    )
+    assert type(result) is expected
+    if isinstance(result, Refuse):
+        assert result.code == 90050
+
+
+def test_told_messages_are_forgotten_after_24_hours() -> None:
+    memory = RecallMemory()
+    memory.remember_told("m-1", START, START)
+    assert memory.was_told("m-1", START + DAY - 1)
+    assert not memory.was_told("m-1", START + DAY + 1)
+    memory.prune(START + DAY + 1)
+    memory.remember_told("m-2", START + DAY + 1, START + DAY + 1)
+    assert not memory.was_told("m-1", START + DAY + 1)
 
 
 @pytest.mark.parametrize(
