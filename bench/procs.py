@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,12 +35,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def poll(check: Any, timeout: float, what: str, every: float = 0.05) -> None:
+async def poll(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, every: float = 0.05
+) -> None:
     """Call `check()` (sync or async) until true; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
-        if asyncio.iscoroutine(result):
+        if not isinstance(result, bool):
             result = await result
         if result:
             return

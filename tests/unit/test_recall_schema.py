@@ -59,7 +59,7 @@ def test_unknown_fields_pass_through_untouched(info: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-2e308"])
 def test_numbers_that_cannot_be_sent_as_written_are_refused(constant: bytes) -> None:
-    with pytest.raises(InvalidRequest, match="not a JSON value|out of range"):
+    with pytest.raises(InvalidRequest, match=r"not a JSON value|out of range"):
         parse_request(b'{"TaskId": "t1", "OfflinePushInfo": {"X": ' + constant + b"}}")
 
 
