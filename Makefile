@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The venv's tools (hadolint, tim-recall) come first on PATH for every recipe and test.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: demo test bench broker install lint typecheck unit clean
 

@@ -14,7 +14,9 @@ from tests.integration.conftest import Broker, Names
 pytestmark = pytest.mark.integration
 
 
-async def cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None):  # type: ignore[no-untyped-def]
+async def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> tuple[int | None, str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIM_", "RECALL_"))}
     process = await asyncio.create_subprocess_exec(
         sys.executable,

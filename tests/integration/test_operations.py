@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
+from consumer.metrics import Metrics
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE
 from tests.conftest import broker_address
@@ -19,6 +21,7 @@ from tests.integration.conftest import (
     Names,
     SpawnWorker,
     WorkerFactory,
+    WorkerProcess,
     free_port,
     wait_until,
 )
@@ -27,9 +30,8 @@ from tests.integration.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.integration
 
 
-def sample(running_metrics: object, name: str, **labels: str) -> float:
-    registry = running_metrics.registry  # type: ignore[attr-defined]
-    value = registry.get_sample_value(name, labels)
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else float(value)
 
 
@@ -88,42 +90,48 @@ async def test_metrics_follow_a_recall_a_retry_a_dead_letter_and_a_halt(
         await running.wait_settled(4)
 
 
-async def test_broker_loss_liveness_stays_readiness_drops_and_nothing_is_lost(
-    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker
-) -> None:
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    """A cuttable path to the broker; cut again at the end whatever happened."""
     host, port = broker_address()
-    proxy = TcpProxy(host, port, free_port())
-    await proxy.start()
+    path = TcpProxy(host, port, free_port())
+    await path.start()
     try:
-        worker = await spawn_worker(RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
-        await worker.ready()
-        first = sandbox.create_task()
-        await broker.publish({"TaskId": first, "OfflinePushInfo": OVERWRITE})
-        await sandbox.wait_for(lambda calls: len(calls) == 1, timeout=10)
-        await wait_until(lambda: _settled(worker, 1), 10, "the first request settled")
-        await proxy.cut()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
-            await wait_until(
-                lambda: _status(http, "/readyz", 503), 15, "/readyz to report the broker loss"
-            )
-            assert (await http.get("/healthz")).status_code == 200
-            body = (await http.get("/readyz")).json()
-            assert body["connected"] is False
-            # Requests published during the outage wait in the broker.
-            second = sandbox.create_task()
-            await broker.publish({"TaskId": second, "OfflinePushInfo": OVERWRITE})
-            await proxy.start()
-            await wait_until(lambda: _status(http, "/readyz", 200), 30, "reconnection")
-        await wait_until(lambda: _settled(worker, 2), 20, "the second request settled")
+        yield path
     finally:
-        await proxy.cut()
+        await path.cut()
+
+
+async def test_broker_loss_liveness_stays_readiness_drops_and_nothing_is_lost(
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker, proxy: TcpProxy
+) -> None:
+    worker = await spawn_worker(RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    await worker.ready()
+    first = sandbox.create_task()
+    await broker.publish({"TaskId": first, "OfflinePushInfo": OVERWRITE})
+    await sandbox.wait_for(lambda calls: len(calls) == 1, timeout=10)
+    await wait_until(lambda: _settled(worker, 1), 10, "the first request settled")
+    await proxy.cut()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
+        await wait_until(
+            lambda: _status(http, "/readyz", 503), 15, "/readyz to report the broker loss"
+        )
+        assert (await http.get("/healthz")).status_code == 200
+        body = (await http.get("/readyz")).json()
+        assert body["connected"] is False
+        # Requests published during the outage wait in the broker.
+        second = sandbox.create_task()
+        await broker.publish({"TaskId": second, "OfflinePushInfo": OVERWRITE})
+        await proxy.start()
+        await wait_until(lambda: _status(http, "/readyz", 200), 30, "reconnection")
+    await wait_until(lambda: _settled(worker, 2), 20, "the second request settled")
     assert sorted(sandbox.recalled_task_ids()) == sorted([first, second])
     assert [c.code for c in sandbox.revoke_calls()] == [0, 0]  # no second call for an acked one
     assert await broker.count(names.queue) == 0
     assert await broker.count(names.dead) == 0
 
 
-def _settled(worker, count: int) -> bool:  # type: ignore[no-untyped-def]
+def _settled(worker: WorkerProcess, count: int) -> bool:
     return sum(e.get("event") == "request_recalled" for e in worker.events()) >= count
 
 
@@ -231,36 +239,30 @@ async def test_dlq_purge_needs_yes_and_removes_only_that_code(
 
 
 async def test_no_call_once_the_broker_is_gone_the_delivery_is_void(
-    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker, proxy: TcpProxy
 ) -> None:
     # A partition: another replica may get this request now; calling on would put two callers
     # on one quota. The worker stops calling until the broker is back.
-    host, port = broker_address()
-    proxy = TcpProxy(host, port, free_port())
-    await proxy.start()
-    try:
-        worker = await spawn_worker(
-            RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
-            RECALL_RETRY_BUDGET_S="60",
-        )
-        await worker.ready()
-        task_id = sandbox.create_task()
-        sandbox.fail_next(1000, task_id=task_id, code=91000)
-        await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
-        await sandbox.wait_for(lambda calls: len(calls) >= 3, timeout=10)
-        await proxy.cut()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
-            await wait_until(lambda: _status(http, "/readyz", 503), 15, "the broker loss seen")
-            calls_at_loss = len(sandbox.revoke_calls())
-            # Several retry intervals pass: none of them may produce a call.
-            await asyncio.sleep(1.0)
-            assert len(sandbox.revoke_calls()) <= calls_at_loss + 1  # at most one in flight
-            sandbox.clear_faults()
-            await proxy.start()
-            await wait_until(lambda: _status(http, "/readyz", 200), 30, "reconnection")
-        await wait_until(lambda: _settled(worker, 1), 20, "the redelivered request settled")
-    finally:
-        await proxy.cut()
+    worker = await spawn_worker(
+        RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        RECALL_RETRY_BUDGET_S="60",
+    )
+    await worker.ready()
+    task_id = sandbox.create_task()
+    sandbox.fail_next(1000, task_id=task_id, code=91000)
+    await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+    await sandbox.wait_for(lambda calls: len(calls) >= 3, timeout=10)
+    await proxy.cut()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
+        await wait_until(lambda: _status(http, "/readyz", 503), 15, "the broker loss seen")
+        calls_at_loss = len(sandbox.revoke_calls())
+        # Several retry intervals pass: none of them may produce a call.
+        await asyncio.sleep(1.0)
+        assert len(sandbox.revoke_calls()) <= calls_at_loss + 1  # at most one in flight
+        sandbox.clear_faults()
+        await proxy.start()
+        await wait_until(lambda: _status(http, "/readyz", 200), 30, "reconnection")
+    await wait_until(lambda: _settled(worker, 1), 20, "the redelivered request settled")
     assert sandbox.recalled_task_ids() == [task_id]
     assert await broker.count(names.queue) == 0
     assert await broker.count(names.dead) == 0
