@@ -8,6 +8,7 @@ import json
 import sys
 from typing import NoReturn, TextIO
 
+import aiormq
 import click
 
 from consumer import publish as publishing
@@ -69,6 +70,8 @@ def run() -> None:
         asyncio.run(run_worker(settings))
     except TopologyError as exc:
         fail(str(exc), EXIT_USAGE)
+    except aiormq.exceptions.ProbableAuthenticationError:
+        fail("RabbitMQ refused the user or password in RECALL_AMQP_URL", EXIT_USAGE)
     except (ConnectionError, OSError) as exc:
         fail(f"cannot reach RabbitMQ at RECALL_AMQP_URL: {type(exc).__name__}: {exc}")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractIncomingMessage,
@@ -110,9 +112,10 @@ class Worker:
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Connect, declare, consume until `stop()`, then close."""
         topology = self.config.topology
-        self._connection = await aio_pika.connect_robust(
-            self.config.amqp_url, client_properties={"connection_name": "tim-recall"}
-        )
+        connection = await self._connect()
+        if connection is None:
+            return  # stopped before the broker could be reached
+        self._connection = connection
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_disconnect)
         try:
@@ -142,6 +145,24 @@ class Worker:
             await self._connection.close()
             self.metrics.connected.set(0)
             self._log.info("worker_stopped")
+
+    async def _connect(self) -> AbstractRobustConnection | None:
+        """Connect, waiting for the broker with backoff: a worker started during a broker outage
+        stays up (live, not ready) rather than crash-looping. Wrong credentials are fatal."""
+        wait = 1.0
+        while not self._stopping.is_set():
+            try:
+                return await aio_pika.connect_robust(
+                    self.config.amqp_url, client_properties={"connection_name": "tim-recall"}
+                )
+            except aiormq.exceptions.ProbableAuthenticationError:
+                raise
+            except (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionError) as exc:
+                self._log.warning("broker_unreachable", error=type(exc).__name__, retry_in_s=wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=wait)
+            wait = min(wait * 2, 30.0)
+        return None
 
     async def _start_consuming(self) -> None:
         assert self._queue is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -266,3 +267,31 @@ async def test_no_call_once_the_broker_is_gone_the_delivery_is_void(
     assert sandbox.recalled_task_ids() == [task_id]
     assert await broker.count(names.queue) == 0
     assert await broker.count(names.dead) == 0
+
+
+async def test_started_during_a_broker_outage_the_worker_waits_live_not_ready(
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker, proxy: TcpProxy
+) -> None:
+    await proxy.cut()
+    worker = await spawn_worker(RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
+        await wait_until(lambda: _status(http, "/healthz", 200), 15, "liveness while unreachable")
+        assert (await http.get("/readyz")).status_code == 503
+        assert worker.process.returncode is None  # no crash loop
+        assert any(e.get("event") == "broker_unreachable" for e in worker.events())
+        await proxy.start()
+        await wait_until(lambda: _status(http, "/readyz", 200), 30, "the broker found")
+    task_id = sandbox.create_task()
+    await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+    await wait_until(lambda: _settled(worker, 1), 15, "a recall once connected")
+    worker.process.send_signal(signal.SIGTERM)
+    assert await worker.exit_code() == 0
+
+
+async def test_a_wrong_broker_password_exits_2_with_one_line(
+    amqp_url: str, spawn_worker: SpawnWorker
+) -> None:
+    worker = await spawn_worker(RECALL_AMQP_URL=amqp_url.replace("guest:guest", "guest:nope"))
+    assert await worker.exit_code() == 2
+    assert "RabbitMQ refused the user or password" in worker.log()
+    assert "nope" not in worker.log()
