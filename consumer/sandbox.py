@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import json
 import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from consumer.sandbox_admin import admin_routes, json_object
 from consumer.serving import base_url, bind, serve_app
 from consumer.usersig import UserSigError, verify_usersig
 from schemas.api import meaning
@@ -72,48 +71,6 @@ class _Fault:
     code: int | None = None
     http_status: int | None = None
     hang: float | None = None
-
-
-class _Strict(BaseModel):
-    """Bodies of the admin endpoints: unknown fields are a mistake, answered 400."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class _NewTask(_Strict):
-    online_only: bool = False
-    task_id: str | None = None
-    backdate_s: float = 0.0
-
-
-class _Seconds(_Strict):
-    seconds: float
-
-
-class _FaultIn(_Strict):
-    n: int
-    task_id: str | None = None
-    code: int | None = None
-    http_status: int | None = None
-    hang: float | None = None
-
-
-class _OutageIn(_Strict):
-    seconds: float
-    http_status: int = 502
-    hang: float | None = None
-
-
-# An admin action takes the request and its JSON body; None answers {"ok": true}.
-_AdminAction = Callable[[Request, dict[str, Any]], Any]
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -411,7 +368,7 @@ class Sandbox:
         rejected = self._check_request(request, not_admin=90009)
         if rejected is None:
             rejected = self._check_rate(arrived)
-        doc = _json_object(await request.body())
+        doc = json_object(await request.body())
         task_id = doc.get("TaskId") if doc is not None else None
         task_id = task_id if isinstance(task_id, str) else None
         opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
@@ -434,7 +391,7 @@ class Sandbox:
     async def _push(self, request: Request) -> Response:
         arrived, wall = time.monotonic(), time.time()
         rejected = self._check_request(request, not_admin=60010)
-        doc = _json_object(await request.body())
+        doc = json_object(await request.body())
         flag = doc.get("OnlineOnlyFlag", 0) if doc is not None else None
         if rejected is None and (type(flag) is not int or flag not in (0, 1)):
             rejected = 90001, "body must be a JSON object; OnlineOnlyFlag must be 0 or 1"
@@ -446,38 +403,21 @@ class Sandbox:
         )
         return await self._answer(code, info, **({"TaskId": task_id} if task_id else {}))
 
-    # --- admin endpoints (no auth: the sandbox listens on 127.0.0.1) ---------------------------
+    # --- for the admin endpoints -------------------------------------------------------------
 
-    def _new_task(self, doc: dict[str, Any]) -> dict[str, str]:
-        new = _NewTask.model_validate(doc)
-        start = self._clock() - new.backdate_s
-        if new.task_id is None:
-            return {"TaskId": self.create_task(online_only=new.online_only, started_at=start)}
-        self.add_task(new.task_id, online_only=new.online_only, started_at=start)
-        return {"TaskId": new.task_id}
+    def now(self) -> float:
+        """The sandbox's wall clock (unix seconds)."""
+        return self._clock()
 
-    def _admin_routes(self) -> list[Route]:
-        actions: dict[tuple[str, str], _AdminAction] = {
-            ("GET", "health"): lambda r, d: {"ok": True},
-            ("GET", "tasks"): lambda r, d: [
-                asdict(t) | {"recalled": t.recalled_at is not None}
-                for t in list(self._tasks.values())
-            ],
-            ("POST", "tasks"): lambda r, d: self._new_task(d),
-            ("POST", "tasks/{task_id:path}/backdate"): lambda r, d: self.backdate(
-                r.path_params["task_id"], _Seconds(**d).seconds
-            ),
-            ("POST", "faults"): lambda r, d: self.fail_next(**_FaultIn(**d).model_dump()),
-            ("DELETE", "faults"): lambda r, d: self.clear_faults(),
-            ("POST", "latency"): lambda r, d: self.set_latency(_Seconds(**d).seconds),
-            ("POST", "outage"): lambda r, d: self.outage(**_OutageIn(**d).model_dump()),
-            ("GET", "calls"): lambda r, d: [asdict(c) for c in self._snapshot()],
-            ("POST", "reset"): lambda r, d: self.reset(),
-        }
-        return [
-            Route(f"/sandbox/{path}", _admin_endpoint(action), methods=[method])
-            for (method, path), action in actions.items()
-        ]
+    def call_records(self) -> list[CallRecord]:
+        """A copy of every call recorded so far, in arrival order."""
+        return self._snapshot()
+
+    def task_records(self) -> list[dict[str, Any]]:
+        """Every task as a JSON-ready dict, with whether it was recalled."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return [asdict(t) | {"recalled": t.recalled_at is not None} for t in tasks]
 
     def app(self) -> Starlette:
         """The ASGI app: the two API paths and the /sandbox/ admin endpoints."""
@@ -486,24 +426,8 @@ class Sandbox:
                 Route(REVOKE_PATH, self._revoke, methods=["POST"]),
                 Route(PUSH_PATH, self._push, methods=["POST"]),
             ]
-            self._app = Starlette(routes=api + self._admin_routes())
+            self._app = Starlette(routes=api + admin_routes(self))
         return self._app
-
-
-def _admin_endpoint(action: _AdminAction) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            doc = _json_object(await request.body() or b"{}")
-            if doc is None:
-                raise ValueError("body must be a JSON object")
-            result = action(request, doc)
-        except (ValidationError, ValueError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        except KeyError as exc:
-            return JSONResponse({"error": f"unknown task {exc}"}, 404)
-        return JSONResponse({"ok": True} if result is None else result)
-
-    return endpoint
 
 
 def _random(request: Request) -> int | None:

@@ -1,0 +1,109 @@
+"""The sandbox's /sandbox/ admin endpoints: tasks, faults, latency, outages, the call record.
+
+No auth: the sandbox listens on 127.0.0.1 by default and holds no real secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from consumer.sandbox import Sandbox
+
+
+class _Strict(BaseModel):
+    """Bodies of the admin endpoints: unknown fields are a mistake, answered 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _NewTask(_Strict):
+    online_only: bool = False
+    task_id: str | None = None
+    backdate_s: float = 0.0
+
+
+class _Seconds(_Strict):
+    seconds: float
+
+
+class _FaultIn(_Strict):
+    n: int
+    task_id: str | None = None
+    code: int | None = None
+    http_status: int | None = None
+    hang: float | None = None
+
+
+class _OutageIn(_Strict):
+    seconds: float
+    http_status: int = 502
+    hang: float | None = None
+
+
+# An admin action takes the request and its JSON body; None answers {"ok": true}.
+_AdminAction = Callable[[Request, dict[str, Any]], Any]
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _new_task(sandbox: Sandbox, doc: dict[str, Any]) -> dict[str, str]:
+    new = _NewTask.model_validate(doc)
+    start = sandbox.now() - new.backdate_s
+    if new.task_id is None:
+        return {"TaskId": sandbox.create_task(online_only=new.online_only, started_at=start)}
+    sandbox.add_task(new.task_id, online_only=new.online_only, started_at=start)
+    return {"TaskId": new.task_id}
+
+
+def admin_routes(sandbox: Sandbox) -> list[Route]:
+    """The /sandbox/ routes that control `sandbox` from another process."""
+    actions: dict[tuple[str, str], _AdminAction] = {
+        ("GET", "health"): lambda r, d: {"ok": True},
+        ("GET", "tasks"): lambda r, d: sandbox.task_records(),
+        ("POST", "tasks"): lambda r, d: _new_task(sandbox, d),
+        ("POST", "tasks/{task_id:path}/backdate"): lambda r, d: sandbox.backdate(
+            r.path_params["task_id"], _Seconds(**d).seconds
+        ),
+        ("POST", "faults"): lambda r, d: sandbox.fail_next(**_FaultIn(**d).model_dump()),
+        ("DELETE", "faults"): lambda r, d: sandbox.clear_faults(),
+        ("POST", "latency"): lambda r, d: sandbox.set_latency(_Seconds(**d).seconds),
+        ("POST", "outage"): lambda r, d: sandbox.outage(**_OutageIn(**d).model_dump()),
+        ("GET", "calls"): lambda r, d: [asdict(c) for c in sandbox.call_records()],
+        ("POST", "reset"): lambda r, d: sandbox.reset(),
+    }
+    return [
+        Route(f"/sandbox/{path}", _admin_endpoint(action), methods=[method])
+        for (method, path), action in actions.items()
+    ]
+
+
+def _admin_endpoint(action: _AdminAction) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            doc = json_object(await request.body() or b"{}")
+            if doc is None:
+                raise ValueError("body must be a JSON object")
+            result = action(request, doc)
+        except (ValidationError, ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        except KeyError as exc:
+            return JSONResponse({"error": f"unknown task {exc}"}, 404)
+        return JSONResponse({"ok": True} if result is None else result)
+
+    return endpoint
