@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from consumer.memory import RECALL_WINDOW_S, RecallMemory
 from schemas.recall import OfflinePushInfo, RecallRequest
 
-RECALL_WINDOW_S = 24 * 3600.0
 PLAUSIBLE_PAST_S = 30 * 86400.0  # a TaskId time older than this is not believed
 PLAUSIBLE_FUTURE_S = 300.0  # nor one more than this in the future
 
@@ -28,85 +28,6 @@ def task_start_time(task_id: str, now: float) -> float | None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class _Window:
-    """Keys with a time, oldest first, forgotten once older than the window.
-
-    At the API's 1 call/s a day holds up to 86,400 keys: each is kept as its 64-bit hash, not
-    as the string (about 90 bytes an entry instead of 200). Two TaskIds sharing a hash within
-    a day, about 1 in 5 * 10^9 at that rate, would suppress one recall as a duplicate.
-    """
-
-    def __init__(self, window_s: float) -> None:
-        self._window_s = window_s
-        self._at: dict[int, float] = {}  # insertion order: roughly oldest first
-
-    def __len__(self) -> int:
-        return len(self._at)
-
-    def add(self, key: str, at: float, now: float) -> None:
-        if at < now - self._window_s:
-            return
-        h = hash(key)
-        known = self._at.get(h)
-        if known is None or at < known:
-            # A new key goes to the end; an earlier time for a known key keeps its place, so
-            # `prune` may keep it a little longer than the window (lookups check the time).
-            self._at[h] = at
-        self.prune(now)
-
-    def get(self, key: str, now: float) -> float | None:
-        at = self._at.get(hash(key))
-        return None if at is None or at < now - self._window_s else at
-
-    def prune(self, now: float) -> None:
-        horizon = now - self._window_s
-        while self._at:
-            h = next(iter(self._at))
-            if self._at[h] >= horizon:
-                break
-            del self._at[h]
-
-    def clear(self) -> None:
-        self._at.clear()
-
-
-class RecallMemory:
-    """What was settled in the last 24 hours: TaskIds recalled, message_ids told; bounded."""
-
-    def __init__(self, window_s: float = RECALL_WINDOW_S) -> None:
-        self._recalled = _Window(window_s)
-        self._told = _Window(window_s)
-
-    def __len__(self) -> int:
-        return len(self._recalled)
-
-    def remember(self, task_id: str, recalled_at: float, now: float) -> None:
-        """Note that `task_id` was recalled at `recalled_at` (unix seconds)."""
-        self._recalled.add(task_id, recalled_at, now)
-
-    def recalled_at(self, task_id: str, now: float) -> float | None:
-        """When `task_id` was recalled, if within the window."""
-        return self._recalled.get(task_id, now)
-
-    def remember_told(self, message_id: str, settled_at: float, now: float) -> None:
-        """Note that the request with `message_id` was settled and its result told."""
-        self._told.add(message_id, settled_at, now)
-
-    def was_told(self, message_id: str, now: float) -> bool:
-        """Whether the request with `message_id` was settled and told within the window."""
-        return self._told.get(message_id, now) is not None
-
-    def prune(self, now: float) -> None:
-        """Forget what fell out of the window."""
-        self._recalled.prune(now)
-        self._told.prune(now)
-
-    def clear(self) -> None:
-        """Forget everything (before a rebuild)."""
-        self._recalled.clear()
-        self._told.clear()
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,14 @@ from structlog.typing import FilteringBoundLogger
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, read_envelope
 from consumer.halt import HaltProbe
+from consumer.memory import RECALL_WINDOW_S, RecallMemory
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer
 from consumer.policy import History, Outcome
 from consumer.prepare import (
-    RECALL_WINDOW_S,
     AlreadySettled,
     PrepareRules,
     RecalledEarlier,
-    RecallMemory,
     Refuse,
     prepare,
     window_closed,
@@ -213,7 +212,7 @@ class Worker:
             assert self._settler is not None
             settled = await self._settler.settle(message, envelope, verdict, log)
             if settled.event is not None:
-                self._remember(settled.event, self._clock())
+                self.memory.remember_event(settled.event, self._clock())
             if settled.done:
                 self._tell(message, verdict, settled.event, time.monotonic() - started, log)
 
@@ -235,7 +234,7 @@ class Worker:
                 self._connection, self.config.topology.results_stream, since
             ):
                 count += 1
-                self._remember(event, now)
+                self.memory.remember_event(event, now)
         except (TimeoutError, *SETTLE_ERRORS) as exc:
             # Without the memory we may spend a call on a duplicate; the API still answers 90050.
             self._log.warning("memory_rebuild_incomplete", error=type(exc).__name__, read=count)
@@ -329,14 +328,6 @@ class Worker:
             await self._start_consuming()
 
     # ---- telling ---------------------------------------------------------------------------
-
-    def _remember(self, event: ResultEvent, now: float) -> None:
-        """What a told event means for later requests: a recalled TaskId, a told message."""
-        at = event.settled_at.timestamp()
-        if event.outcome == "recalled" and event.task_id is not None:
-            self.memory.remember(event.task_id, at, now)
-        if event.message_id is not None:
-            self.memory.remember_told(event.message_id, at, now)
 
     def _tell(
         self,

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from consumer.memory import RecallMemory
 from consumer.prepare import (
     AlreadySettled,
     PrepareRules,
     Proceed,
     RecalledEarlier,
-    RecallMemory,
     Refuse,
     prepare,
     task_start_time,
