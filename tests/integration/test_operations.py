@@ -275,10 +275,14 @@ async def test_started_during_a_broker_outage_the_worker_waits_live_not_ready(
     await proxy.cut()
     worker = await spawn_worker(RECALL_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
-        await wait_until(lambda: _status(http, "/healthz", 200), 15, "liveness while unreachable")
+        await wait_until(
+            lambda: any(e.get("event") == "broker_unreachable" for e in worker.events()),
+            15,
+            "the worker to find the broker unreachable",
+        )
+        assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/readyz")).status_code == 503
         assert worker.process.returncode is None  # no crash loop
-        assert any(e.get("event") == "broker_unreachable" for e in worker.events())
         await proxy.start()
         await wait_until(lambda: _status(http, "/readyz", 200), 30, "the broker found")
     task_id = sandbox.create_task()
