@@ -40,7 +40,3 @@ class TransportFailure:
 
 ApiResult = ApiAnswer | TransportFailure
 
-
-def result_code(result: ApiResult) -> int | None:
-    """The ErrorCode of an answer, None for a transport failure."""
-    return result.code if isinstance(result, ApiAnswer) else None

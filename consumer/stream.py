@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import aio_pika
@@ -93,6 +93,3 @@ async def publish_confirmed(
 ) -> None:
     """Publish through the default exchange, mandatory, and wait for the broker's confirm."""
     await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
-
-
-Publisher = Callable[[aio_pika.Message, str], Awaitable[None]]
