@@ -39,4 +39,3 @@ class TransportFailure:
 
 
 ApiResult = ApiAnswer | TransportFailure
-
