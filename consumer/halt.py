@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from consumer.client import RevokeClient
-from consumer.pacing import Pacer
+from consumer.pacing import Pacer, sleep_unless_set
 from consumer.policy import probe_passed
-from consumer.results import ApiAnswer
+from consumer.results import result_code
 
 # A TaskId no push ever had: a working configuration gets 90049 for it, a broken one the error
 # that halted us. Auth is checked before the body, so the probe recalls nothing.
@@ -42,15 +41,13 @@ class HaltProbe:
     async def _run(self, resume: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
         wait = self._initial_s
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=wait)
+            await sleep_unless_set(stopping, wait)
             if stopping.is_set():
                 return
-            await self._pacer.wait_turn()
-            self._client.renew_usersig()  # picks up a fixed key file
-            result = await self._client.post(PROBE_BODY)
-            self._pacer.call_finished()
-            code = result.code if isinstance(result, ApiAnswer) else None
+            async with self._pacer.slot():
+                self._client.renew_usersig()  # picks up a fixed key file
+                result = await self._client.post(PROBE_BODY)
+            code = result_code(result)
             if probe_passed(result):
                 self._log.info("halt_probe_passed", code=code)
                 await resume()

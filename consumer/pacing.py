@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -50,6 +51,25 @@ class Pacer:
         """Record that a call just finished (answered, failed or timed out)."""
         self._not_before = max(self._not_before, self._clock() + self.interval_s)
 
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for the next slot, hold it for one call, and record the call's end.
+
+        The end is recorded even when the call is cancelled (the broker closed our channel
+        mid-call): it may have arrived all the same.
+        """
+        await self.wait_turn()
+        try:
+            yield
+        finally:
+            self.call_finished()
+
     def push_back(self, seconds: float) -> None:
         """No call before `seconds` from now (a retry's minimum wait, a lockout)."""
         self._not_before = max(self._not_before, self._clock() + seconds)
+
+
+async def sleep_unless_set(event: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less if `event` is set meanwhile (shutdown ends every wait)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)

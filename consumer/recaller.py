@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +14,9 @@ from tenacity.wait import wait_exponential_jitter
 
 from consumer.client import RevokeClient
 from consumer.metrics import Metrics
-from consumer.pacing import Pacer
+from consumer.pacing import Pacer, sleep_unless_set
 from consumer.policy import Decision, History, Outcome, classify
-from consumer.results import ApiAnswer, ApiResult, TransportFailure
+from consumer.results import ApiAnswer, ApiResult, TransportFailure, result_code
 from schemas.recall import RecallRequest
 
 
@@ -41,7 +40,7 @@ class Attempts:
     @property
     def code(self) -> int | None:
         """The last ErrorCode answered, None when no answer was read."""
-        return self.last.code if isinstance(self.last, ApiAnswer) else None
+        return result_code(self.last)
 
     @property
     def info(self) -> str:
@@ -95,15 +94,11 @@ class Recaller:
 
     async def call_once(self, request: RecallRequest, attempts: Attempts) -> Attempts:
         """Wait for a slot, make one call, and classify its result."""
-        await self._pacer.wait_turn()
-        if not self._may_call():
-            return attempts
-        started = time.monotonic()
-        try:
+        async with self._pacer.slot():
+            if not self._may_call():
+                return attempts
+            started = time.monotonic()
             result = await self._client.revoke(request)
-        finally:
-            # Also when cancelled mid-call (the broker closed our channel): it may have arrived.
-            self._pacer.call_finished()
         self._metrics.api_call_seconds.observe(time.monotonic() - started)
         self._metrics.api_calls.labels(metric_code(result)).inc()
         decision = classify(result, attempts.history, self._pacer.interval_s)
@@ -128,8 +123,6 @@ class Recaller:
         async def attempt() -> Attempts:
             if self._stopping.is_set() and attempts.last is not None:
                 return attempts  # shutting down: no new call, settle what we have
-            if not self._may_call():
-                return attempts
             return await self.call_once(request, attempts)
 
         def wait(state: RetryCallState) -> float:
@@ -156,7 +149,8 @@ class Recaller:
             stop=stop_before_delay(self._rules.budget_s)
             | _StopWhen(lambda: self._stopping.is_set() or not self._may_call()),
             wait=wait,
-            sleep=self._sleep_unless_stopping,
+            # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.
+            sleep=lambda seconds: sleep_unless_set(self._stopping, seconds),
             before_sleep=before_sleep,
             retry_error_callback=lambda state: attempts,
         )
@@ -168,8 +162,3 @@ class Recaller:
         # it. Calling too would put two callers on one quota (a partition, before the heartbeat
         # notices, is the case that matters).
         return self._connected()
-
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

@@ -39,3 +39,8 @@ class TransportFailure:
 
 
 ApiResult = ApiAnswer | TransportFailure
+
+
+def result_code(result: ApiResult | None) -> int | None:
+    """The ErrorCode of an answer; None for a transport failure or no call yet."""
+    return result.code if isinstance(result, ApiAnswer) else None

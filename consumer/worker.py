@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from consumer.envelope import Envelope, read_envelope
 from consumer.halt import HaltProbe
 from consumer.memory import RECALL_WINDOW_S, RecallMemory
 from consumer.metrics import Metrics
-from consumer.pacing import Pacer
+from consumer.pacing import Pacer, sleep_unless_set
 from consumer.policy import History, Outcome
 from consumer.prepare import (
     AlreadySettled,
@@ -158,8 +157,7 @@ class Worker:
                 raise
             except (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionError) as exc:
                 self._log.warning("broker_unreachable", error=type(exc).__name__, retry_in_s=wait)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=wait)
+            await sleep_unless_set(self._stopping, wait)
             wait = min(wait * 2, 30.0)
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 
@@ -95,3 +96,17 @@ async def test_backlog_arrival_windows_never_closer_than_interval(
     assert min(gaps) >= INTERVAL - EPS
     # and it does not dawdle: each call starts one interval after the previous finished
     assert max(gaps) == pytest.approx(INTERVAL)
+
+
+async def test_a_call_cancelled_inside_its_slot_still_spaces_the_next(
+    fake: FakeTime, pacer: Pacer
+) -> None:
+    # The broker closing our channel cancels the call mid-flight; it may have arrived anyway.
+    async def call() -> None:
+        async with pacer.slot():
+            fake.t += 0.3
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await call()
+    assert pacer.delay() == pytest.approx(INTERVAL)
