@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumer.errors import ConfigurationError
 from schemas.recall import OfflinePushInfo
 
 
@@ -37,7 +38,7 @@ REGION_DOMAINS: dict[Region, str] = {
 }
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigurationError):
     """A setting is missing or invalid; the message names the variable, in one line."""
 
 

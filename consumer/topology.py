@@ -9,12 +9,13 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from consumer.errors import ConfigurationError
 from consumer.settings import Settings
 
 DLQ_DELIVERY_LIMIT = 1_000_000
 
 
-class TopologyError(Exception):
+class TopologyError(ConfigurationError):
     """A queue exists with other arguments than tim-recall needs, or cannot be declared."""
 
 

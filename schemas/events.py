@@ -15,6 +15,11 @@ H_ATTEMPTS = "x-recall-attempts"
 H_FIRST_SEEN = "x-recall-first-seen"  # unix seconds (int) when a worker first took the request
 H_MAY_HAVE_REACHED = "x-recall-may-have-reached"  # an earlier call may have recalled it
 H_DEAD_LETTERED_AT = "x-recall-dead-lettered-at"  # unix seconds (int)
+# A uuid the worker stamps on a request the first time it sees it: one delivery chain (its
+# redeliveries, re-publishes and releases) keeps it; `dlq replay` and a producer's re-publish
+# carry none, so they start a new chain.
+H_LINEAGE = "x-recall-lineage"
+H_RELEASES = "x-recall-releases"  # times handed back with no call (shutdown, halt)
 RECALL_ERROR_HEADERS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT)
 
 Source = Literal["api", "local"]
@@ -40,6 +45,11 @@ class ResultEvent(BaseModel):
     attempts: int = Field(ge=0, description="API calls made for this request, across deliveries.")
     message_id: str | None = None
     correlation_id: str | None = None
+    lineage: str | None = Field(
+        default=None,
+        description="The delivery chain this event settles (x-recall-lineage): a replayed or "
+        "re-published request is a new chain with its own event.",
+    )
     first_seen: datetime
     settled_at: datetime
     has_offline_push_info: bool = False
