@@ -82,7 +82,7 @@ async def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, _stopper(worker, sig))
         async with contextlib.AsyncExitStack() as stack:
             if settings.http_port:
-                app = health_app(worker.metrics, worker.readiness)
+                app = health_app(worker.metrics, worker.readiness, worker.liveness)
                 url = await stack.enter_async_context(
                     serve_app(app, settings.http_host, settings.http_port)
                 )

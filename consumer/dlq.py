@@ -20,6 +20,10 @@ from schemas.events import (
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
+    H_FAILURES,
+    H_HALTS,
+    H_LINEAGE,
+    H_RELEASES,
 )
 
 BROKER_HEADERS = (
@@ -32,7 +36,18 @@ BROKER_HEADERS = (
     "x-last-death-exchange",
     "x-delivery-count",
 )
-REPLAY_DROPS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT, *BROKER_HEADERS)
+# A replayed request is a new request: a new lineage (the worker stamps one), no releases,
+# halts or failures of the old chain.
+CHAIN_HEADERS = (H_LINEAGE, H_RELEASES, H_HALTS, H_FAILURES)
+REPLAY_DROPS = (
+    H_ERROR_CODE,
+    H_ERROR_INFO,
+    H_ERROR_SOURCE,
+    H_DEAD_LETTERED_AT,
+    *BROKER_HEADERS,
+    "x-acquired-count",
+    *CHAIN_HEADERS,
+)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC
 from typing import Any
 
 import aio_pika
@@ -15,12 +17,21 @@ from schemas.events import (
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
+    H_FAILURES,
     H_FIRST_SEEN,
+    H_HALTS,
+    H_LINEAGE,
     H_MAY_HAVE_REACHED,
+    H_RELEASES,
     RECALL_ERROR_HEADERS,
 )
 
 MAX_INFO_CHARS = 1000  # a header, not a log: keep dead letters small
+PLAUSIBLE_PAST_S = 30 * 86400.0  # an AMQP timestamp older than this is not believed
+PLAUSIBLE_FUTURE_S = 300.0  # nor one more than this in the future
+# Headers the broker sets on a delivery; a copy we publish must not carry them (from 4.0 the
+# broker ignores client-set x- headers, and 4.3 adds x-acquired-count).
+BROKER_DELIVERY_HEADERS = ("x-delivery-count", "x-acquired-count")
 
 
 @dataclass(frozen=True)
@@ -29,9 +40,29 @@ class Envelope:
 
     attempts: int
     first_seen: float  # unix seconds
+    # A call for this lineage was really sent (by an earlier delivery, before a re-publish).
     may_have_reached: bool
     message_id: str | None
     correlation_id: str | None
+    lineage: str | None = None  # None: never seen by a worker; stamp it first
+    redelivered: bool = False  # the broker says this very message was delivered before
+    releases: int = 0  # handed back with no call (shutdown, halt)
+    failures: int = 0  # handling raised unexpectedly
+    halts: int = 0  # its call halted a worker
+    published_at: float | None = None  # the AMQP timestamp, when plausible
+    fingerprint: str = ""  # identifies an unstamped message between its redeliveries
+
+    @property
+    def generation(self) -> str:
+        """This copy of the request: its lineage and what its headers counted so far (every
+        copy we publish changes one count), or the message's fingerprint before a stamp."""
+        if self.lineage is None:
+            return f"unstamped:{self.fingerprint}"
+        return f"{self.lineage}:{self.attempts}:{self.releases}:{self.failures}:{self.halts}"
+
+    def with_call_sent(self) -> Envelope:
+        """The same, knowing that a call for this lineage was sent."""
+        return replace(self, may_have_reached=True)
 
 
 def _int(value: Any) -> int | None:
@@ -47,8 +78,31 @@ def _int(value: Any) -> int | None:
     return None
 
 
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+
+
+def published_at(message: AbstractIncomingMessage, now: float) -> float | None:
+    """The message's AMQP timestamp in unix seconds, if set and plausible."""
+    stamp = message.timestamp
+    if stamp is None:
+        return None
+    at = stamp.replace(tzinfo=stamp.tzinfo or UTC).timestamp()
+    return at if now - PLAUSIBLE_PAST_S <= at <= now + PLAUSIBLE_FUTURE_S else None
+
+
+def fingerprint(message: AbstractIncomingMessage) -> str:
+    """What identifies one unstamped message across its redeliveries (not a producer's copy)."""
+    digest = hashlib.blake2b(message.body, digest_size=16)
+    digest.update(f"|{message.message_id}|{message.timestamp}|{message.app_id}".encode())
+    return digest.hexdigest()
+
+
 def read_envelope(message: AbstractIncomingMessage, now: float) -> Envelope:
-    """Read our headers; a redelivery counts as 'may have reached' (a crash before the ack)."""
+    """Read our headers. Whether a redelivery may have been called for is the worker's call:
+    it knows its own deliveries; for another process's it assumes the worst."""
     headers: Mapping[str, Any] = message.headers or {}
     attempts = max(0, _int(headers.get(H_ATTEMPTS)) or 0)
     first_seen = _int(headers.get(H_FIRST_SEEN))
@@ -56,9 +110,16 @@ def read_envelope(message: AbstractIncomingMessage, now: float) -> Envelope:
     return Envelope(
         attempts=attempts,
         first_seen=float(first_seen) if first_seen and 0 < first_seen <= now else now,
-        may_have_reached=bool(message.redelivered) or reached is True or reached == 1,
+        may_have_reached=reached is True or reached == 1,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
+        lineage=_text(headers.get(H_LINEAGE)),
+        redelivered=bool(message.redelivered),
+        releases=max(0, _int(headers.get(H_RELEASES)) or 0),
+        failures=max(0, _int(headers.get(H_FAILURES)) or 0),
+        halts=max(0, _int(headers.get(H_HALTS)) or 0),
+        published_at=published_at(message, now),
+        fingerprint=fingerprint(message),
     )
 
 
@@ -84,7 +145,7 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
 
 def _own_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     headers = dict(message.headers or {})
-    for name in (*RECALL_ERROR_HEADERS, "x-delivery-count"):
+    for name in (*RECALL_ERROR_HEADERS, *BROKER_DELIVERY_HEADERS):
         headers.pop(name, None)
     return headers
 
@@ -115,15 +176,26 @@ def dead_letter_message(
 
 
 def republish_message(
-    message: AbstractIncomingMessage, *, attempts: int, first_seen: float, may_have_reached: bool
+    message: AbstractIncomingMessage, envelope: Envelope, *, attempts: int, **more: Any
 ) -> aio_pika.Message:
-    """The original request, carrying its attempt count and first-seen time to the queue's tail."""
+    """The original request to the queue's tail, carrying what this chain learned so far.
+
+    Used for a stamp (first sight), a re-publish (retry budget spent) and a release (shutdown,
+    halt, an error): the copy is a new broker message, so none of these counts toward the
+    broker's delivery limit on any RabbitMQ version; our own headers count them instead.
+    """
     headers = _own_headers(message)
     headers.update(
         {
             H_ATTEMPTS: attempts,
-            H_FIRST_SEEN: int(first_seen),
-            H_MAY_HAVE_REACHED: may_have_reached,
+            H_FIRST_SEEN: int(envelope.first_seen),
+            H_MAY_HAVE_REACHED: envelope.may_have_reached,
+            H_RELEASES: envelope.releases,
+            H_FAILURES: envelope.failures,
+            H_HALTS: envelope.halts,
         }
     )
+    if envelope.lineage is not None:
+        headers[H_LINEAGE] = envelope.lineage
+    headers.update(more)
     return copy_message(message, headers)

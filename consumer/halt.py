@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -38,21 +39,32 @@ class HaltProbe:
         if self._task is not None:
             self._task.cancel()
 
+    def running(self) -> bool:
+        """Whether the probe task is alive (a halted worker needs it to ever resume)."""
+        return self._task is not None and not self._task.done()
+
     async def _run(self, resume: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
         wait = self._initial_s
         while not stopping.is_set():
-            await sleep_unless_set(stopping, wait)
+            # Jitter, so that replicas halted by one shared fault do not probe in step.
+            await sleep_unless_set(stopping, wait * random.uniform(0.8, 1.2))
             if stopping.is_set():
                 return
-            async with self._pacer.slot():
-                self._client.renew_usersig()  # picks up a fixed key file
-                result = await self._client.post(PROBE_BODY)
-            code = result_code(result)
-            if probe_passed(result):
-                self._log.info("halt_probe_passed", code=code)
-                await resume()
-                return
-            self._log.warning(
-                "halt_probe_failed", code=code, next_probe_s=min(wait * 2, self._max_s)
-            )
+            try:
+                if await self._probe_once(wait):
+                    await resume()
+                    return
+            except Exception:  # a probe must never die unseen; it probes on
+                self._log.exception("halt_probe_error", next_probe_s=min(wait * 2, self._max_s))
             wait = min(wait * 2, self._max_s)
+
+    async def _probe_once(self, wait: float) -> bool:
+        async with self._pacer.slot():
+            self._client.renew_usersig()  # picks up a fixed key file
+            result = await self._client.post(PROBE_BODY)
+        code = result_code(result)
+        if probe_passed(result):
+            self._log.info("halt_probe_passed", code=code)
+            return True
+        self._log.warning("halt_probe_failed", code=code, next_probe_s=min(wait * 2, self._max_s))
+        return False

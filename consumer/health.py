@@ -13,12 +13,21 @@ from starlette.routing import Route
 from consumer.metrics import Metrics
 
 
-def health_app(metrics: Metrics, ready: Callable[[], dict[str, bool]]) -> Starlette:
-    """The operator endpoints; `ready` reports each readiness condition by name."""
+def health_app(
+    metrics: Metrics,
+    ready: Callable[[], dict[str, bool]],
+    live: Callable[[], dict[str, bool]] = dict,
+) -> Starlette:
+    """The operator endpoints; `ready` and `live` report each condition by name."""
 
     async def healthz(_: Request) -> Response:
-        # Liveness only: the event loop answers. A broker outage must not restart every replica.
-        return JSONResponse({"status": "ok"})
+        # Liveness: the event loop answers and every task the worker needs is alive (a halted
+        # worker whose probe died would never resume: an orchestrator must restart it). A
+        # broker outage is not a liveness failure: it must not restart every replica.
+        checks = live()
+        if all(checks.values()):
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy", **checks}, status_code=503)
 
     async def readyz(_: Request) -> Response:
         checks = ready()

@@ -54,6 +54,7 @@ class RecallMemory:
 
     def __init__(self, window_s: float = RECALL_WINDOW_S) -> None:
         self._recalled = _Window(window_s)
+        self._expired = _Window(window_s)
         self._told = _Window(window_s)
 
     def __len__(self) -> int:
@@ -67,6 +68,14 @@ class RecallMemory:
         """When `task_id` was recalled, if within the window."""
         return self._recalled.get(task_id, now)
 
+    def remember_expired(self, task_id: str, answered_at: float, now: float) -> None:
+        """Note that `task_id` was answered 90052 (its window closed) at `answered_at`."""
+        self._expired.add(task_id, answered_at, now)
+
+    def expired_at(self, task_id: str, now: float) -> float | None:
+        """When `task_id` was answered 90052, if within the window."""
+        return self._expired.get(task_id, now)
+
     def remember_told(self, message_id: str, settled_at: float, now: float) -> None:
         """Note that the request with `message_id` was settled and its result told."""
         self._told.add(message_id, settled_at, now)
@@ -78,11 +87,13 @@ class RecallMemory:
     def prune(self, now: float) -> None:
         """Forget what fell out of the window."""
         self._recalled.prune(now)
+        self._expired.prune(now)
         self._told.prune(now)
 
     def clear(self) -> None:
         """Forget everything (before a rebuild)."""
         self._recalled.clear()
+        self._expired.clear()
         self._told.clear()
 
     def remember_event(self, event: ResultEvent, now: float) -> None:
@@ -90,5 +101,7 @@ class RecallMemory:
         at = event.settled_at.timestamp()
         if event.outcome == "recalled" and event.task_id is not None:
             self.remember(event.task_id, at, now)
-        if event.message_id is not None:
-            self.remember_told(event.message_id, at, now)
+        if event.error_code == 90052 and event.task_id is not None:
+            self.remember_expired(event.task_id, at, now)
+        if event.lineage is not None:
+            self.remember_told(event.lineage, at, now)

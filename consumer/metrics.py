@@ -20,6 +20,7 @@ RETRY_REASONS = (
     "http_5xx",
     "http_4xx",
 )
+RELEASE_REASONS = ("shutdown", "halted", "error", "disconnected")
 TRANSPORT_LABELS = (
     "transport_connect",
     "transport_timeout",
@@ -84,6 +85,17 @@ class Metrics:
             "subscribing), 0 while it is a standby.",
             registry=r,
         )
+        self.releases = Counter(
+            "tim_recall_requests_released",
+            "Requests handed back to the queue's tail with no call of that delivery, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.delivery_failures = Counter(
+            "tim_recall_delivery_failures",
+            "Deliveries whose handling raised unexpectedly (released once, then dead-lettered).",
+            registry=r,
+        )
         self.connected = Gauge(
             "tim_recall_broker_connected", "1 while connected to RabbitMQ.", registry=r
         )
@@ -95,6 +107,8 @@ class Metrics:
             self.api_calls.labels(label)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
+        for reason in RELEASE_REASONS:
+            self.releases.labels(reason)
         local = [("90001", "local"), ("90050", "local"), ("90052", "local")]
         api = [(str(c), "api") for c in (90049, 90050, 90052, 90053, 90001)]
         for dl_code, source in local + api:

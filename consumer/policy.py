@@ -17,6 +17,10 @@ class Outcome(StrEnum):
     HALT = "halt"
     # This very message was settled and told before a crash took its ack: only the ack is owed.
     ALREADY_SETTLED = "already_settled"
+    # First sight: the request goes to the queue's tail once, stamped with its lineage.
+    STAMP = "stamp"
+    # Handed back with no call of this delivery (shutdown, halt, an unexpected error).
+    RELEASED = "released"
 
 
 QUOTA_CODES = frozenset({90051, 60007, 60011, 60018, 60019})
@@ -26,10 +30,27 @@ SIG_LOCKOUT_CODE = 70050
 SIG_LOCKOUT_WAIT_S = 60.0
 ALREADY_RECALLED = 90050
 PERMANENT_CODES = frozenset({90049, 90052, 90053, 90001})
+# tim-recall's own code for a request whose handling raised twice (source `local`): not a
+# Tencent code; the dead letter's info names the error.
+HANDLING_FAILED = 99999
 HALT_CODES = frozenset(
     {90009, 60004, 60005, 60006, 60010, 60012, 60016, 60020, 60021}
     | {70002, 70003, 70005, 70009, 70013, 70014, 70016, 70020}
 )
+
+
+# Answers that say the call was refused before it could take effect: a later 90050 for the
+# same request is then not ours.
+NO_EFFECT_CODES = (
+    QUOTA_CODES | RENEW_SIG_CODES | PERMANENT_CODES | HALT_CODES | {SIG_LOCKOUT_CODE, 90050}
+)
+
+
+def may_have_taken_effect(result: ApiResult) -> bool:
+    """Whether a call may have recalled the task (a success, an internal error, no answer)."""
+    if isinstance(result, ApiAnswer):
+        return result.code not in NO_EFFECT_CODES
+    return result.may_have_arrived
 
 
 @dataclass(frozen=True)
@@ -81,7 +102,11 @@ def _classify_answer(answer: ApiAnswer, history: History, interval_s: float) -> 
             return Decision(Outcome.RECALLED, "recalled_earlier")
         return Decision(Outcome.DEAD_LETTER, "permanent")
     if code in QUOTA_CODES:
-        return Decision(Outcome.RETRY, "too_frequent", min_wait_s=max(1.0, interval_s))
+        # Someone else shares the app's quota (another system, a replica's probe): back off
+        # with jitter, never sooner than the interval, so neither side starves the other.
+        return Decision(
+            Outcome.RETRY, "too_frequent", min_wait_s=max(1.0, interval_s), backoff=True
+        )
     if code in TRANSIENT_CODES:
         return Decision(Outcome.RETRY, "transient", backoff=True)
     if code in RENEW_SIG_CODES:
@@ -104,8 +129,12 @@ class Action(StrEnum):
 
     ACK = "ack"  # recalled: tell, then ack
     DEAD_LETTER = "dead_letter"  # publish the dead letter (confirmed), tell, then ack
-    REPUBLISH = "republish"  # budget spent: publish to the queue's tail (confirmed), then ack
-    RELEASE = "release"  # halted: the consumer is cancelled; hand the message back unsettled
+    REPUBLISH = "republish"  # stamp, or budget spent: a copy to the queue's tail, then ack
+    # Handed back unsettled (halting, stopping, an error): a copy to the queue's tail, then ack.
+    # A copy rather than `nack(requeue)`: the broker's delivery counting differs by version
+    # (4.3 counts reject but not nack) and a redelivery cannot carry what we know (no call was
+    # sent). Releases count in our own x-recall-releases header, the same on 3.x and 4.x.
+    RELEASE = "release"
     ACK_ONLY = "ack_only"  # already settled and told: ack, publish nothing again
 
 
@@ -115,6 +144,8 @@ _ACTIONS = {
     Outcome.RETRY: Action.REPUBLISH,
     Outcome.HALT: Action.RELEASE,
     Outcome.ALREADY_SETTLED: Action.ACK_ONLY,
+    Outcome.STAMP: Action.REPUBLISH,
+    Outcome.RELEASED: Action.RELEASE,
 }
 
 
@@ -127,8 +158,13 @@ def probe_passed(result: ApiResult) -> bool:
     """Whether a halted worker's probe proves its identity and signature are accepted again.
 
     The probe is made with a fresh UserSig, so an "expired" answer is a clock or key fault.
-    Only an answer about the TaskId itself (90049 for the probe's) proves the configuration
-    works; a 90051, a 91000 or a 502 proves nothing either way.
+    An answer about the TaskId itself (90049 for the probe's) proves the configuration works,
+    and so does 90051: the revoke service counts a call only once it has passed the checks of
+    identity and signature, so "too frequent" means another replica (or system) is busy on the
+    same app with a working configuration. Waiting for a quiet second instead could keep a
+    replica halted as long as a backlog lasts. A 91000, a 600xx limit or a 502 proves nothing.
     """
+    if isinstance(result, ApiAnswer) and result.code == 90051:
+        return True
     decision = classify(result, History(renewed_usersig=True))
     return decision.outcome in (Outcome.DEAD_LETTER, Outcome.RECALLED)

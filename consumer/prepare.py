@@ -48,14 +48,7 @@ class Refuse:
 
 @dataclass(frozen=True)
 class AlreadySettled:
-    """This very message was settled and told before a crash took its ack: ack it, no more."""
-
-
-@dataclass(frozen=True)
-class RecalledEarlier:
-    """A redelivery whose TaskId is recalled: our own earlier delivery did it (no call)."""
-
-    info: str
+    """This very delivery chain was settled and told before its ack was lost: ack it, no more."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +61,16 @@ class PrepareRules:
 
 
 def window_closed(
-    task_id: str, first_seen: float, rules: PrepareRules, now: float
+    task_id: str,
+    first_seen: float,
+    rules: PrepareRules,
+    now: float,
+    published_at: float | None = None,
 ) -> Refuse | None:
     """A local 90052 when the 24-hour window surely closed more than the margin ago."""
-    # The window opens at the task's start, which is no later than our first sight of the request.
-    started = first_seen
+    # The window opens at the task's start, which is no later than our first sight of the
+    # request, nor than its publication (the AMQP timestamp, when plausible).
+    started = first_seen if published_at is None else min(first_seen, published_at)
     if rules.expiry_check:
         decoded = task_start_time(task_id, now)
         if decoded is not None:
@@ -94,24 +92,24 @@ def prepare(
     rules: PrepareRules,
     now: float,
     *,
-    redelivered: bool = False,
-    message_id: str | None = None,
-) -> Proceed | Refuse | AlreadySettled | RecalledEarlier:
+    lineage: str | None = None,
+    published_at: float | None = None,
+) -> Proceed | Refuse | AlreadySettled:
     """Decide whether a call can succeed, and with what body.
 
-    `redelivered`: an earlier delivery of this message may have called (a crash, a lost ack).
+    `lineage`: the delivery chain; if it was settled and told, only its ack is owed.
     """
-    if redelivered and message_id is not None and memory.was_told(message_id, now):
+    if lineage is not None and memory.was_told(lineage, now):
         return AlreadySettled()
     recalled_at = memory.recalled_at(request.task_id, now)
     if recalled_at is not None:
-        when = _iso(recalled_at)
-        if redelivered and message_id is None:
-            # Without a message_id we cannot tell our earlier delivery from another request
-            # for the same task; a redelivery is most likely ours, and it is recalled either way.
-            return RecalledEarlier(f"recalled at {when}, by this request's earlier delivery")
-        return Refuse(90050, f"already recalled by tim-recall at {when}", "duplicate")
-    closed = window_closed(request.task_id, first_seen, rules, now)
+        return Refuse(90050, f"already recalled by tim-recall at {_iso(recalled_at)}", "duplicate")
+    expired_at = memory.expired_at(request.task_id, now)
+    if expired_at is not None:
+        return Refuse(
+            90052, f"the API answered 90052 for this TaskId at {_iso(expired_at)}", "expired"
+        )
+    closed = window_closed(request.task_id, first_seen, rules, now, published_at)
     if closed is not None:
         return closed
     if rules.default_offline_push_info is not None:

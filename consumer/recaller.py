@@ -15,7 +15,7 @@ from tenacity.wait import wait_exponential_jitter
 from consumer.client import RevokeClient
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer, sleep_unless_set
-from consumer.policy import Decision, History, Outcome, classify
+from consumer.policy import Decision, History, Outcome, classify, may_have_taken_effect
 from consumer.results import ApiAnswer, ApiResult, TransportFailure, result_code
 from schemas.recall import RecallRequest
 
@@ -36,11 +36,19 @@ class Attempts:
     history: History
     last: ApiResult | None = None
     decision: Decision = field(default_factory=lambda: Decision(Outcome.RETRY, "not_called"))
+    calls: int = 0  # calls this delivery sent (0: handed back untouched)
 
     @property
     def code(self) -> int | None:
         """The last ErrorCode answered, None when no answer was read."""
         return result_code(self.last)
+
+    @property
+    def answer_code(self) -> int | None:
+        """The last ErrorCode, or the HTTP status of a non-200 answer (what a dead letter says)."""
+        if isinstance(self.last, TransportFailure):
+            return self.last.http_status
+        return self.code
 
     @property
     def info(self) -> str:
@@ -92,17 +100,30 @@ class Recaller:
             multiplier=rules.initial_s, max=rules.max_s, jitter=rules.initial_s
         )
 
-    async def call_once(self, request: RecallRequest, attempts: Attempts) -> Attempts:
-        """Wait for a slot, make one call, and classify its result."""
+    async def call_once(
+        self,
+        request: RecallRequest,
+        attempts: Attempts,
+        on_send: Callable[[], None] = lambda: None,
+    ) -> Attempts:
+        """Wait for a slot, make one call, and classify its result.
+
+        No call starts once the worker is stopping: the wait for the slot ends at once.
+        `on_send` runs just before the request leaves (the call may reach the server).
+        """
+        if not await self._wait_for_slot():
+            return attempts
         async with self._pacer.slot():
             if not self._may_call():
                 return attempts
+            on_send()
+            attempts.calls += 1
             started = time.monotonic()
             result = await self._client.revoke(request)
         self._metrics.api_call_seconds.observe(time.monotonic() - started)
         self._metrics.api_calls.labels(metric_code(result)).inc()
         decision = classify(result, attempts.history, self._pacer.interval_s)
-        reached = isinstance(result, ApiAnswer) or result.may_have_arrived
+        reached = may_have_taken_effect(result)
         attempts.history = History(
             attempts=attempts.history.attempts + 1,
             may_have_reached=attempts.history.may_have_reached or reached,
@@ -115,15 +136,19 @@ class Recaller:
         return attempts
 
     async def recall(
-        self, request: RecallRequest, history: History, log: structlog.typing.FilteringBoundLogger
+        self,
+        request: RecallRequest,
+        history: History,
+        log: structlog.typing.FilteringBoundLogger,
+        on_send: Callable[[], None] = lambda: None,
     ) -> Attempts:
         """Call until an outcome other than RETRY, the budget is spent, or the worker stops."""
         attempts = Attempts(history=history)
 
         async def attempt() -> Attempts:
-            if self._stopping.is_set() and attempts.last is not None:
+            if self._stopping.is_set():
                 return attempts  # shutting down: no new call, settle what we have
-            return await self.call_once(request, attempts)
+            return await self.call_once(request, attempts, on_send)
 
         def wait(state: RetryCallState) -> float:
             decision = attempts.decision
@@ -156,6 +181,12 @@ class Recaller:
         )
         result: Attempts = await retrying(attempt)
         return result
+
+    async def _wait_for_slot(self) -> bool:
+        """Wait until the pacer allows a call; False when the worker stops meanwhile."""
+        while not self._stopping.is_set() and (wait := self._pacer.delay()) > 0:
+            await sleep_unless_set(self._stopping, wait)
+        return not self._stopping.is_set()
 
     def _may_call(self) -> bool:
         # Without the broker our delivery is void: it goes to another replica, which calls for

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Literal
 
 import aio_pika
@@ -30,6 +32,16 @@ SETTLE_ERRORS = (
 )
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s, plus waits for a reconnect
 RECONNECT_WAIT_S = 30.0
+JOURNAL_SIZE = 1024  # lineages whose settlement is under way; one is in hand at a time
+
+
+class Step(StrEnum):
+    """The steps of a settlement, in the order they run."""
+
+    DEAD_LETTER = "dead_letter"
+    COPY = "copy"  # the request again at the queue's tail: stamp, re-publish or release
+    RESULT_EVENT = "result_event"
+    ACK = "ack"
 
 
 @dataclass(frozen=True)
@@ -60,10 +72,61 @@ def result_event(
         attempts=verdict.attempts,
         message_id=message.message_id,
         correlation_id=message.correlation_id,
+        lineage=envelope.lineage,
         first_seen=datetime.fromtimestamp(envelope.first_seen, UTC),
         settled_at=datetime.fromtimestamp(now, UTC),
         has_offline_push_info=verdict.has_offline_push_info,
     )
+
+
+@dataclass
+class Progress:
+    """What is known of one lineage's handling in this process: whether a call was sent, the
+    verdict, and which settle steps the broker confirmed. It outlives a lost connection, so the
+    redelivery resumes where the settlement stopped instead of calling and publishing again."""
+
+    called: bool = False
+    verdict: Verdict | None = None
+    envelope: Envelope | None = None  # as settled (a copy carries these headers)
+    event: ResultEvent | None = None
+    done: set[Step] = field(default_factory=set)
+
+
+class Journal:
+    """Progress by generation (see `Envelope.generation`), the most recent `size` of them.
+
+    An entry outlives the ack: an ack written to a connection that is already dead is lost
+    without an error, and the redelivery must find what was done. Only a redelivery looks an
+    entry up; a fresh delivery always starts a new one.
+    """
+
+    def __init__(self, size: int = JOURNAL_SIZE) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, Progress] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, lineage: str) -> Progress | None:
+        """The progress of `lineage`, if this process has any."""
+        return self._entries.get(lineage)
+
+    def start(self, key: str) -> Progress:
+        """A new, empty progress for `key` (replacing any)."""
+        self._entries.pop(key, None)
+        progress = self._entries[key] = Progress()
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return progress
+
+    def open(self, key: str) -> Progress:
+        """The progress of `key`, new if none."""
+        progress = self._entries.get(key)
+        return progress if progress is not None else self.start(key)
+
+    def close(self, key: str) -> None:
+        """Forget `key`."""
+        self._entries.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -79,8 +142,9 @@ class Settler:
     """Carries out `action_for(outcome)` on a delivery, step by step, each step retried.
 
     A step that failed because the broker went away is tried again once the connection is
-    back; steps already done are not repeated, so a reconnect never doubles a dead letter.
-    If the delivery's own channel is gone, the broker redelivers it and we stop there.
+    back; steps already done (recorded in the delivery's `Progress`) are not repeated, so a
+    reconnect never doubles a dead letter, a copy or an event. If the delivery's own channel is
+    gone, the broker redelivers it and we stop there; the redelivery resumes from `Progress`.
     """
 
     def __init__(
@@ -89,11 +153,14 @@ class Settler:
         publisher: AbstractChannel,
         topology: Topology,
         clock: Callable[[], float],
+        *,
+        on_told: Callable[[ResultEvent], None] = lambda _: None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
         self._topology = topology
         self._clock = clock
+        self._on_told = on_told
 
     async def settle(
         self,
@@ -101,26 +168,21 @@ class Settler:
         envelope: Envelope,
         verdict: Verdict,
         log: FilteringBoundLogger,
+        progress: Progress | None = None,
     ) -> Settled:
-        """Settle the delivery; with the results event when it is recalled or dead-lettered."""
+        """Settle the delivery; with the results event when it is recalled or dead-lettered.
+
+        `envelope` is what a copy (stamp, re-publish, release) carries in its headers.
+        """
+        progress = progress or Progress()
+        progress.verdict, progress.envelope = verdict, envelope
         action = action_for(verdict.outcome)
-        now = self._clock()
-        if action is Action.RELEASE:
-            await self.release(message, log)
-            return Settled(done=False)
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        event: ResultEvent | None = None
-        if action is Action.ACK_ONLY:
-            pass
-        elif action is Action.REPUBLISH:
-            again = republish_message(
-                message,
-                attempts=verdict.attempts,
-                first_seen=envelope.first_seen,
-                may_have_reached=verdict.may_have_reached,
-            )
-            steps.append(("republish", lambda: self._publish(again, self._topology.queue, log)))
-        else:
+        steps: list[tuple[Step, Callable[[], Awaitable[None]]]] = []
+        if action in (Action.REPUBLISH, Action.RELEASE):
+            again = republish_message(message, envelope, attempts=verdict.attempts)
+            steps.append((Step.COPY, lambda: self._publish(again, self._topology.queue, log)))
+        elif action in (Action.ACK, Action.DEAD_LETTER):
+            now = self._clock()
             if action is Action.DEAD_LETTER:
                 dead = dead_letter_message(
                     message,
@@ -132,30 +194,37 @@ class Settler:
                     now=now,
                 )
                 dlq = self._topology.dead_letter_queue
-                steps.append(("dead_letter", lambda: self._publish(dead, dlq, log)))
-            event = result_event(message, envelope, verdict, now)
-            news = result_message(event)
+                steps.append((Step.DEAD_LETTER, lambda: self._publish(dead, dlq, log)))
+            if progress.event is None:
+                progress.event = result_event(message, envelope, verdict, now)
+            news = result_message(progress.event)
             stream = self._topology.results_stream
-            steps.append(("result_event", lambda: self._publish(news, stream, log)))
-        steps.append(("ack", message.ack))
-        told: ResultEvent | None = None
+            steps.append((Step.RESULT_EVENT, lambda: self._publish(news, stream, log)))
+        steps.append((Step.ACK, message.ack))
         for name, step in steps:
+            if name in progress.done:
+                continue
             if not await self._step(name, step, message, log):
-                return Settled(done=False, event=told)
-            if name == "result_event":
-                told = event
-        return Settled(done=True, event=told)
+                return Settled(done=False, event=_told(progress))
+            progress.done.add(name)
+            if name is Step.RESULT_EVENT and progress.event is not None:
+                self._on_told(progress.event)  # at once: a lost ack must not hide it
+        return Settled(done=True, event=_told(progress))
 
-    async def release(self, message: AbstractIncomingMessage, log: FilteringBoundLogger) -> None:
-        """Hand a delivery back unsettled (halting, stopping); counts as a delivery attempt."""
-        try:
-            await message.nack(requeue=True)
-        except SETTLE_ERRORS as exc:
-            log.warning("release_failed", error=type(exc).__name__)
+    async def give_back(self, message: AbstractIncomingMessage, log: FilteringBoundLogger) -> None:
+        """The last resort when nothing else could settle a delivery on a live channel.
+
+        `reject(requeue)` counts toward the delivery limit on every RabbitMQ version (4.3 stopped
+        counting `nack`), so a message that can never be settled ends in the dead-letter queue
+        through the broker instead of looping.
+        """
+        with contextlib.suppress(*SETTLE_ERRORS):
+            await message.reject(requeue=True)
+            log.error("delivery_given_back")
 
     async def _step(
         self,
-        name: str,
+        name: Step,
         step: Callable[[], Awaitable[None]],
         message: AbstractIncomingMessage,
         log: FilteringBoundLogger,
@@ -166,23 +235,25 @@ class Settler:
                 await step()
                 return True
             except SETTLE_ERRORS as exc:
-                if message.channel.is_closed:
+                if _channel_gone(message):
                     # The delivery died with its channel: the broker redelivers the request,
-                    # and a redelivery answered 90050 counts as ours.
+                    # and the redelivery resumes from the progress recorded so far.
                     log.warning(
-                        "settle_abandoned_redelivery_expected", step=name, error=type(exc).__name__
+                        "settle_abandoned_redelivery_expected",
+                        step=name.value,
+                        error=type(exc).__name__,
                     )
                     return False
                 log.warning(
-                    "settle_step_retry", step=name, attempt=attempt, error=type(exc).__name__
+                    "settle_step_retry", step=name.value, attempt=attempt, error=type(exc).__name__
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._connection.connected.wait(), RECONNECT_WAIT_S)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 4.0)
         # Never leave a delivery held on a live channel: hand it back so it is tried again.
-        log.error("settle_failed", step=name, tries=STEP_TRIES)
-        await self.release(message, log)
+        log.error("settle_failed", step=name.value, tries=STEP_TRIES)
+        await self.give_back(message, log)
         return False
 
     async def _publish(
@@ -195,3 +266,14 @@ class Settler:
             log.warning("queue_missing_redeclaring", routing_key=routing_key)
             await declare(self._connection, self._topology)
             await publish_confirmed(self._publisher, message, routing_key)
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    try:
+        return message.channel.is_closed
+    except ChannelInvalidStateError:  # aio-pika raises rather than answer for a closed one
+        return True
+
+
+def _told(progress: Progress) -> ResultEvent | None:
+    return progress.event if Step.RESULT_EVENT in progress.done else None

@@ -1,12 +1,13 @@
-"""The consume loop: one delivery at a time through parse, prepare, recall, settle, tell."""
+"""The consume loop: one delivery at a time through stamp, parse, prepare, recall, settle, tell."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, timedelta
 
 import aio_pika
 import aiormq
@@ -21,26 +22,29 @@ from structlog.typing import FilteringBoundLogger
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, read_envelope
 from consumer.halt import HaltProbe
-from consumer.memory import RECALL_WINDOW_S, RecallMemory
+from consumer.memory import RecallMemory
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer, sleep_unless_set
-from consumer.policy import History, Outcome
-from consumer.prepare import (
-    AlreadySettled,
-    PrepareRules,
-    RecalledEarlier,
-    Refuse,
-    prepare,
-    window_closed,
-)
+from consumer.policy import HANDLING_FAILED, History, Outcome
+from consumer.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
+from consumer.rebuild import rebuild_memory
 from consumer.recaller import Attempts, Recaller, RetryRules
-from consumer.settle import SETTLE_ERRORS, Settler, Verdict
-from consumer.stream import read_results
+from consumer.settle import SETTLE_ERRORS, Journal, Settled, Settler, Step, Verdict
 from consumer.topology import Topology, declare
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The delivery in hand: the message, its journal key, its log and when it came."""
+
+    message: AbstractIncomingMessage
+    key: str  # the generation it arrived as (see Envelope.generation)
+    log: FilteringBoundLogger
+    started: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class WorkerConfig:
     max_body_bytes: int = 64 * 1024
     halt_probe_initial_s: float = 5.0
     halt_probe_max_s: float = 300.0
+    rebuild_budget_s: float = 60.0
 
 
 class Worker:
@@ -67,11 +72,12 @@ class Worker:
         metrics: Metrics,
         *,
         clock: Clock = time.time,
+        memory: RecallMemory | None = None,
         on_settled: Callable[[ResultEvent], None] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.memory = RecallMemory()
+        self.memory = memory or RecallMemory()
         self.halted = False
         self._client = client
         self._pacer = pacer
@@ -83,11 +89,14 @@ class Worker:
         )
         self._probe = HaltProbe(client, pacer, config.halt_probe_initial_s, config.halt_probe_max_s)
         self._busy = asyncio.Lock()
+        self._journal = Journal()
+        self._handling: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._settler: Settler | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
-        self._taken_over = False  # set on the first delivery since subscribing
+        self._taken_over = False  # set on the first delivery since subscribing or reconnecting
+        self._resumed_by_probe = False  # since the last halt: a request halting twice is its own
         self._log = structlog.get_logger().bind(queue=config.topology.queue)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -100,11 +109,15 @@ class Worker:
             "not_halted": not self.halted,
         }
 
+    def liveness(self) -> dict[str, bool]:
+        """Each task the worker needs is alive: while halted, the probe that can resume it."""
+        return {"halt_probe": not self.halted or self._probe.running()}
+
     def _broker_connected(self) -> bool:
         return self._connection is not None and self._connection.connected.is_set()
 
     def stop(self) -> None:
-        """Stop taking messages; the call in flight finishes and is settled."""
+        """Stop taking messages: no new call; a call in flight finishes and is settled."""
         self._stopping.set()
 
     async def run(self, started: asyncio.Event | None = None) -> None:
@@ -123,7 +136,9 @@ class Worker:
             publisher = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-            self._settler = Settler(self._connection, publisher, topology, self._clock)
+            self._settler = Settler(
+                self._connection, publisher, topology, self._clock, on_told=self._remember
+            )
             consumer_channel = await self._connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)
             self._queue = await consumer_channel.declare_queue(
@@ -135,9 +150,10 @@ class Worker:
             if started is not None:
                 started.set()
             await self._stopping.wait()
-            await self._stop_consuming()
-            async with self._busy:  # the delivery in hand is settled before we close
-                pass
+            async with self._busy:  # the delivery in hand is settled or released first
+                await self._stop_consuming()
+            while self._handling:  # deliveries that came meanwhile are released
+                await asyncio.wait(set(self._handling), timeout=30)
         finally:
             self._probe.cancel()
             await self._connection.close()
@@ -168,6 +184,7 @@ class Worker:
         self._log.info("consumer_registered", consumer_tag=self._consumer_tag)
 
     async def _stop_consuming(self) -> None:
+        """Cancel our consumer (idempotent): the broker hands the queue to a standby."""
         tag, self._consumer_tag = self._consumer_tag, None
         self.metrics.active.set(0)
         if tag is not None and self._queue is not None:
@@ -177,117 +194,182 @@ class Worker:
                 self._log.warning("consumer_cancel_failed", error=type(exc).__name__)
 
     def _on_reconnect(self, *_: object) -> None:
-        # Another replica may have been active while we were away: treat the next delivery as a
-        # takeover (wait one interval, rebuild the memory).
-        self._taken_over = False
         self.metrics.connected.set(1)
         self._log.info("broker_reconnected")
 
     def _on_disconnect(self, *_: object) -> None:
+        # Another replica may be active while we are away: the first delivery after the
+        # reconnect is a takeover (wait one interval, rebuild the memory). This callback runs
+        # when the connection drops, before aio-pika restores the consumer.
+        self._taken_over = False
         self.metrics.connected.set(0)
         self.metrics.active.set(0)
+        if not self._stopping.is_set():
+            self._log.warning("broker_connection_lost")
 
     # ---- one delivery ----------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aio-pika cancels this callback when its channel closes; the handling goes on in a
+        # task of ours, so a call in flight finishes and what it learned stays in the journal
+        # for the redelivery.
+        task = asyncio.create_task(self._handle(message), name="delivery")
+        self._handling.add(task)
+        task.add_done_callback(self._handling.discard)
+        await asyncio.shield(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         async with self._busy:
-            if self._stopping.is_set() or self.halted:
-                assert self._settler is not None
-                await self._settler.release(message, self._log)
-                return
-            if not self._taken_over:
-                await self._take_over()
             started = time.monotonic()
             envelope = read_envelope(message, self._clock())
             log = self._log.bind(
-                message_id=message.message_id, correlation_id=message.correlation_id
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                lineage=envelope.lineage,
             )
-            verdict = await self._decide(message, envelope, log)
-            log = log.bind(task_id=verdict.task_id)
-            if verdict.outcome is Outcome.HALT:
-                await self._halt(message, verdict, log)
+            # The journal is keyed on this copy, not the lineage: a re-published copy of the
+            # same lineage is a delivery of its own and must not be taken for the one it replaced.
+            delivery = Delivery(message, envelope.generation, log, started)
+            try:
+                await self._handle_delivery(delivery, envelope)
+            except Exception as exc:  # no delivery is ever left unsettled
+                log.exception("delivery_failed", error=type(exc).__name__)
+                self.metrics.delivery_failures.inc()
+                await self._after_failure(delivery, envelope, exc)
+
+    async def _handle_delivery(self, delivery: Delivery, envelope: Envelope) -> None:
+        if not self._taken_over:
+            await self._take_over()
+        key, log = delivery.key, delivery.log
+        # Only a redelivery can be one we already worked on (a producer's identical copy is
+        # not redelivered); a fresh delivery starts a journal entry of its own.
+        progress = self._journal.peek(key) if envelope.redelivered else None
+        if progress is not None and progress.verdict is not None and progress.envelope:
+            # Our own settlement of this copy stopped with the connection: finish it. Its ack,
+            # if we sent one, never arrived (the broker redelivered it).
+            progress.done.discard(Step.ACK)
+            log.info("settle_resumed", steps_done=sorted(progress.done))
+            await self._settle(delivery, progress.envelope, progress.verdict)
+            return
+        self._journal.start(key)
+        if envelope.lineage is None:
+            stamped = replace(envelope, lineage=uuid.uuid4().hex)
+            verdict = _local(Refuse(0, "stamped", "stamp"), stamped, None, Outcome.STAMP)
+            await self._settle(delivery, stamped, verdict)
+            return
+        # A redelivery we have no record of: another process (or this one before a restart)
+        # had it and may have called. Our own, we know exactly.
+        called = progress.called if progress is not None else envelope.redelivered
+        if called:
+            envelope = envelope.with_call_sent()
+        self._journal.open(key).called = called
+        if self._stopping.is_set() or self.halted:
+            reason = "shutdown" if self._stopping.is_set() else "halted"
+            await self._release(delivery, envelope, reason)
+            return
+        verdict = await self._decide(delivery, envelope)
+        if verdict.outcome is Outcome.HALT:
+            if not (envelope.halts and self._resumed_by_probe):
+                await self._halt(delivery, envelope, verdict)
                 return
-            assert self._settler is not None
-            settled = await self._settler.settle(message, envelope, verdict, log)
-            if settled.event is not None:
-                self.memory.remember_event(settled.event, self._clock())
-            if settled.done:
-                self._tell(message, verdict, settled.event, time.monotonic() - started, log)
+            # It halted a worker before, a probe has passed since, and it halts again: its own
+            # answer (a gateway's 403 or 413 for one body), not our configuration. It must not
+            # go round until the broker's delivery limit drops it without an event.
+            verdict = replace(verdict, outcome=Outcome.DEAD_LETTER, reason="halted_again")
+        if verdict.outcome is Outcome.RELEASED:  # no call was made: stopping, or disconnected
+            await self._release(delivery, envelope, verdict.reason)
+            return
+        learned = replace(envelope, may_have_reached=verdict.may_have_reached)
+        await self._settle(delivery, learned, verdict)
+
+    async def _settle(self, delivery: Delivery, envelope: Envelope, verdict: Verdict) -> Settled:
+        """Settle through the journal; when stopping, hand the queue over before the ack."""
+        if self._stopping.is_set():
+            # Our call (if any) has finished: only now may a standby take the next delivery.
+            await self._stop_consuming()
+        assert self._settler is not None
+        progress = self._journal.open(delivery.key)
+        message, log = delivery.message, delivery.log.bind(task_id=verdict.task_id)
+        settled = await self._settler.settle(message, envelope, verdict, log, progress)
+        if settled.done:
+            duration = time.monotonic() - delivery.started
+            self._tell(message, verdict, settled.event, duration, log)
+        return settled
 
     async def _take_over(self) -> None:
         """First delivery since subscribing: we may have just become the active consumer."""
         self._taken_over = True
         self._pacer.hold()  # the replica before us may have called just now
         self.metrics.active.set(1)
-        await self._rebuild_memory()
-
-    async def _rebuild_memory(self) -> None:
         assert self._connection is not None
-        now = self._clock()
-        since = datetime.fromtimestamp(now - RECALL_WINDOW_S, UTC)
-        self.memory.clear()
-        count = 0
-        try:
-            async for event in read_results(
-                self._connection, self.config.topology.results_stream, since
-            ):
-                count += 1
-                self.memory.remember_event(event, now)
-        except (TimeoutError, *SETTLE_ERRORS) as exc:
-            # Without the memory we may spend a call on a duplicate; the API still answers 90050.
-            self._log.warning("memory_rebuild_incomplete", error=type(exc).__name__, read=count)
-            return
-        self._log.info("memory_rebuilt", events=count, recalled=len(self.memory))
+        report = await rebuild_memory(
+            self._connection,
+            self.config.topology.results_stream,
+            self.memory,
+            self._clock(),
+            budget_s=self.config.rebuild_budget_s,
+        )
+        # Without a complete memory we may spend a call on a duplicate; the API still
+        # answers 90050, so a partial rebuild is a warning, not a stop.
+        event = "memory_rebuilt" if report.complete else "memory_rebuild_incomplete"
+        level = self._log.info if report.complete else self._log.warning
+        level(event, **report.as_log())
 
-    async def _decide(
-        self, message: AbstractIncomingMessage, envelope: Envelope, log: FilteringBoundLogger
-    ) -> Verdict:
+    def _remember(self, event: ResultEvent) -> None:
+        self.memory.remember_event(event, self._clock())
+
+    async def _decide(self, delivery: Delivery, envelope: Envelope) -> Verdict:
         try:
-            request = parse_request(message.body, self.config.max_body_bytes)
+            request = parse_request(delivery.message.body, self.config.max_body_bytes)
         except InvalidRequest as exc:
-            return _local(Refuse(90001, exc.info, "invalid"), _history(envelope), None)
-        now = self._clock()
+            return _local(Refuse(90001, exc.info, "invalid"), envelope, None)
         prepared = prepare(
             request,
             envelope.first_seen,
             self.memory,
             self.config.prepare,
-            now,
-            redelivered=envelope.may_have_reached,
-            message_id=envelope.message_id,
+            self._clock(),
+            lineage=envelope.lineage,
+            published_at=envelope.published_at,
         )
         if isinstance(prepared, Refuse):
-            return _local(prepared, _history(envelope), request)
+            return _local(prepared, envelope, request)
         if isinstance(prepared, AlreadySettled):
-            return _local(
-                Refuse(0, "settled and told before", "already_settled"),
-                _history(envelope),
-                request,
-                Outcome.ALREADY_SETTLED,
-            )
-        if isinstance(prepared, RecalledEarlier):
-            return _local(
-                Refuse(90050, prepared.info, "recalled_earlier"),
-                _history(envelope),
-                request,
-                Outcome.RECALLED,
-            )
-        log = log.bind(task_id=request.task_id)
-        attempts = await self._recaller.recall(prepared.request, _history(envelope), log)
+            refusal = Refuse(0, "settled and told before", "already_settled")
+            return _local(refusal, envelope, request, Outcome.ALREADY_SETTLED)
+        log = delivery.log.bind(task_id=request.task_id)
+        progress = self._journal.open(delivery.key)
+
+        def sent() -> None:
+            progress.called = True
+
+        history = History(attempts=envelope.attempts, may_have_reached=envelope.may_have_reached)
+        attempts = await self._recaller.recall(prepared.request, history, log, sent)
         return self._verdict(prepared.request, envelope, attempts)
 
     def _verdict(self, request: RecallRequest, envelope: Envelope, attempts: Attempts) -> Verdict:
         decision = attempts.decision
         if decision.outcome is Outcome.RETRY:
+            if attempts.calls == 0:  # stopping, or the broker went away, before any call
+                reason = "shutdown" if self._stopping.is_set() else "disconnected"
+                return _local(Refuse(0, reason, reason), envelope, request, Outcome.RELEASED)
             # Budget spent or shutting down. A recall whose window surely closed is not sent back.
             closed = window_closed(
-                request.task_id, envelope.first_seen, self.config.prepare, self._clock()
+                request.task_id,
+                envelope.first_seen,
+                self.config.prepare,
+                self._clock(),
+                envelope.published_at,
             )
             if closed is not None:
-                return _local(closed, attempts.history, request)
+                history = attempts.history
+                spent = replace(
+                    envelope, attempts=history.attempts, may_have_reached=history.may_have_reached
+                )
+                return _local(closed, spent, request)
         return Verdict(
             outcome=decision.outcome,
-            code=attempts.code,
+            code=attempts.answer_code,
             info=attempts.info,
             source="api",
             attempts=attempts.history.attempts,
@@ -297,33 +379,74 @@ class Worker:
             has_offline_push_info=request.offline_push_info is not None,
         )
 
+    async def _release(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        reason: str,
+        *,
+        halts: int = 0,
+        failures: int = 0,
+    ) -> None:
+        """Hand the request back to the queue's tail, unsettled, saying what we know of it."""
+        released = replace(
+            envelope,
+            releases=envelope.releases + 1,
+            halts=envelope.halts + halts,
+            failures=envelope.failures + failures,
+        )
+        verdict = _local(Refuse(0, reason, reason), released, None, Outcome.RELEASED)
+        self.metrics.releases.labels(reason).inc()
+        await self._settle(delivery, released, verdict)
+
+    async def _after_failure(self, delivery: Delivery, envelope: Envelope, exc: Exception) -> None:
+        """Release once; if handling raised before too, dead-letter it (local 99999)."""
+        self._journal.close(delivery.key)  # whatever this copy's handling got to, it starts over
+        envelope = replace(envelope, lineage=envelope.lineage or uuid.uuid4().hex)
+        try:
+            if envelope.failures >= 1:
+                refusal = Refuse(
+                    HANDLING_FAILED,
+                    f"handling raised {type(exc).__name__} twice (see the delivery_failed events)",
+                    "handling_failed",
+                )
+                await self._settle(delivery, envelope, _local(refusal, envelope, None))
+            else:
+                await self._release(delivery, envelope, "error", failures=1)
+        except Exception:  # the last resort must not raise either
+            delivery.log.exception("delivery_failure_unsettled")
+            assert self._settler is not None
+            await self._settler.give_back(delivery.message, delivery.log)
+
     # ---- halting ---------------------------------------------------------------------------
 
-    async def _halt(
-        self, message: AbstractIncomingMessage, verdict: Verdict, log: FilteringBoundLogger
-    ) -> None:
+    async def _halt(self, delivery: Delivery, envelope: Envelope, verdict: Verdict) -> None:
         """Our own configuration is wrong: stop consuming, hand the message back, probe."""
         self.halted = True
+        self._resumed_by_probe = False
         self.metrics.halted.set(1)
         await self._stop_consuming()  # first, so the message does not come straight back
-        assert self._settler is not None
-        await self._settler.release(message, log)
-        log.error(
+        delivery.log.error(
             "worker_halted",
             code=verdict.code,
             info=verdict.info,
             reason=verdict.reason,
             hint="check TIM_SDKAPPID, TIM_IDENTIFIER, the SecretKey, TIM_REGION/TIM_BASE_URL",
         )
+        # Probing starts first: /healthz counts a halted worker without a probe as dead.
         self._probe.start(self._resume, self._stopping)
+        # The halting answer refused the call: it cannot have recalled anything.
+        reached = replace(envelope, may_have_reached=verdict.may_have_reached)
+        await self._release(delivery, reached, "halted", halts=1)
 
     async def _resume(self) -> None:
-        self.halted = False
-        self.metrics.halted.set(0)
-        self._log.info("worker_resumed")
         if not self._stopping.is_set():
             self._pacer.hold()
-            await self._start_consuming()
+            await self._start_consuming()  # raises if the broker is gone: the probe goes on
+        self.halted = False
+        self._resumed_by_probe = True
+        self.metrics.halted.set(0)
+        self._log.info("worker_resumed")
 
     # ---- telling ---------------------------------------------------------------------------
 
@@ -343,6 +466,12 @@ class Worker:
             "reason": verdict.reason,
             "duration_s": round(duration_s, 4),
         }
+        if verdict.outcome is Outcome.STAMP:
+            log.debug("request_stamped", **fields)
+            return
+        if verdict.outcome is Outcome.RELEASED:
+            log.info("request_released", **fields)
+            return
         if verdict.outcome is Outcome.ALREADY_SETTLED:
             log.info("request_already_settled", **fields)
             return
@@ -366,13 +495,9 @@ class Worker:
             self._on_settled(event)
 
 
-def _history(envelope: Envelope) -> History:
-    return History(attempts=envelope.attempts, may_have_reached=envelope.may_have_reached)
-
-
 def _local(
     refusal: Refuse,
-    history: History,
+    envelope: Envelope,
     request: RecallRequest | None,
     outcome: Outcome = Outcome.DEAD_LETTER,
 ) -> Verdict:
@@ -382,9 +507,9 @@ def _local(
         code=refusal.code,
         info=refusal.info,
         source="local",
-        attempts=history.attempts,
+        attempts=envelope.attempts,
         reason=refusal.reason,
-        may_have_reached=history.may_have_reached,
+        may_have_reached=envelope.may_have_reached,
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),
     )

@@ -21,6 +21,7 @@ H_DEAD_LETTERED_AT = "x-recall-dead-lettered-at"  # unix seconds (int)
 H_LINEAGE = "x-recall-lineage"
 H_RELEASES = "x-recall-releases"  # times handed back with no call (shutdown, halt)
 H_FAILURES = "x-recall-failures"  # times its handling raised unexpectedly
+H_HALTS = "x-recall-halts"  # times its call halted the worker (handed back, not settled)
 RECALL_ERROR_HEADERS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT)
 
 Source = Literal["api", "local"]

@@ -13,7 +13,7 @@ import pytest
 
 from consumer.sandbox import Sandbox
 from consumer.stream import result_message
-from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, ResultEvent
+from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, H_LINEAGE, ResultEvent
 from tests.faults.support import (
     FaultBroker,
     events_named,
@@ -119,11 +119,14 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
     # before the ack reached the broker (worker.settle: publish result, then ack). That window is
     # a few hundred microseconds, too narrow to hit with a timed kill, so the test builds the
     # same state: the call recalled the task, the event is in the stream, the delivery went back
-    # to the queue unacked (redelivered=True).
+    # to the queue unacked (redelivered=True). A request is called only once stamped with its
+    # lineage, and the event names it.
     task_id = sandbox.create_task()
     request = request_for(task_id, {"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
     await broker.declare()
-    await publish_all(broker, [request])
+    await broker.publish(
+        request.body, message_id=request.message_id, headers={H_LINEAGE: "lineage-1"}
+    )
     sandbox.mark_recalled(task_id)  # the crashed worker's call, answered 0
     now = time.time()
     event = ResultEvent(
@@ -133,6 +136,7 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
         source="api",
         attempts=1,
         message_id=request.message_id,
+        lineage="lineage-1",
         first_seen=_utc(now - 1),
         settled_at=_utc(now),
         has_offline_push_info=True,

@@ -224,7 +224,8 @@ def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) 
 
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[RunningWorker]:
-        settings = worker_settings(amqp_url, sandbox, sandbox_url, names, **overrides)
+        url = overrides.pop("amqp_url", amqp_url)  # e.g. through a cuttable proxy
+        settings = worker_settings(url, sandbox, sandbox_url, names, **overrides)
         settled: list[ResultEvent] = []
         metrics = Metrics()
         async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from consumer.policy import Action, History, Outcome, action_for, classify, probe_passed
+from consumer.policy import (
+    Action,
+    History,
+    Outcome,
+    action_for,
+    classify,
+    may_have_taken_effect,
+    probe_passed,
+)
 from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 
 FRESH = History()
@@ -45,7 +53,11 @@ AT_ONCE_RENEW: dict[str, Any] = {"min_wait_s": 0.0, "backoff": False, "renew_use
 
 TABLE = [
     row(0, Outcome.RECALLED, renew_usersig=False),
-    *(row(c, Outcome.RETRY, min_wait_ge=1.0) for c in (90051, 60007, 60011, 60018, 60019)),
+    # Quota codes back off with jitter (another system shares the app), never below 1 s.
+    *(
+        row(c, Outcome.RETRY, min_wait_ge=1.0, backoff=True)
+        for c in (90051, 60007, 60011, 60018, 60019)
+    ),
     row(90051, Outcome.RETRY, interval=2.5, min_wait_ge=2.5),
     row(60019, Outcome.RETRY, interval=0.5, min_wait_ge=1.0),
     *(row(c, Outcome.RETRY, **RETRY_BACKOFF) for c in (91000, 60008, 70169, 70500)),
@@ -96,6 +108,9 @@ def test_outcome_table(
         (Outcome.DEAD_LETTER, Action.DEAD_LETTER),
         (Outcome.RETRY, Action.REPUBLISH),
         (Outcome.HALT, Action.RELEASE),
+        (Outcome.RELEASED, Action.RELEASE),
+        (Outcome.STAMP, Action.REPUBLISH),
+        (Outcome.ALREADY_SETTLED, Action.ACK_ONLY),
     ],
 )
 def test_action_for(outcome: Outcome, action: Action) -> None:
@@ -115,11 +130,34 @@ def test_may_have_arrived_false_only_for_connect(kind: FailureKind) -> None:
         (ApiAnswer(70003, "bad sig"), False),
         (ApiAnswer(70001, "expired again, with a fresh signature"), False),
         (ApiAnswer(90009, "not admin"), False),
-        (ApiAnswer(90051, "too frequent"), False),
+        # Counted by the revoke service only after identity and signature passed: a busy fleet.
+        (ApiAnswer(90051, "too frequent"), True),
+        (ApiAnswer(60019, "gateway limit, may come before auth"), False),
         (ApiAnswer(91000, "internal"), False),
         (TransportFailure(FailureKind.HTTP_STATUS, "HTTP 502", http_status=502), False),
         (TransportFailure(FailureKind.TIMEOUT, "timeout"), False),
     ],
 )
-def test_probe_passes_only_on_an_answer_about_the_task(result: ApiResult, passed: bool) -> None:
+def test_probe_passes_only_on_an_answer_past_the_identity_checks(
+    result: ApiResult, passed: bool
+) -> None:
     assert probe_passed(result) is passed
+
+
+@pytest.mark.parametrize(
+    ("result", "effect"),
+    [
+        (ApiAnswer(0, ""), True),
+        (ApiAnswer(91000, "internal: may have recalled before failing"), True),
+        (ApiAnswer(70500, "internal"), True),
+        (ApiAnswer(12345, "unknown"), True),
+        *((ApiAnswer(c, "refused"), False) for c in (90049, 90050, 90051, 90052, 90053, 90001)),
+        *((ApiAnswer(c, "refused"), False) for c in (70001, 70003, 70050, 90009, 60020)),
+        (TransportFailure(FailureKind.CONNECT, "refused"), False),
+        (TransportFailure(FailureKind.TIMEOUT, "sent, no answer"), True),
+        (TransportFailure(FailureKind.HTTP_STATUS, "HTTP 502", http_status=502), True),
+    ],
+)
+def test_may_have_taken_effect(result: ApiResult, effect: bool) -> None:
+    # A call refused before it could act must not make a later 90050 count as ours.
+    assert may_have_taken_effect(result) is effect

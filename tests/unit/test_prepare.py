@@ -11,7 +11,6 @@ from consumer.prepare import (
     AlreadySettled,
     PrepareRules,
     Proceed,
-    RecalledEarlier,
     Refuse,
     prepare,
     task_start_time,
@@ -68,35 +67,64 @@ def test_recalled_in_memory_is_refused_as_90050_naming_the_time() -> None:
 
 
 @pytest.mark.parametrize(
-    ("redelivered", "message_id", "told", "expected"),
+    ("lineage", "told", "expected"),
     [
-        (True, "m-1", True, AlreadySettled),  # crash between the results event and the ack
-        (False, "m-1", True, Refuse),  # a new message with a reused id is still a duplicate
-        (True, "m-2", False, Refuse),  # another message for a task recalled by m-1
-        (True, None, False, RecalledEarlier),  # no id to tell: a redelivery is most likely ours
-        (False, None, False, Refuse),
+        ("L-1", "L-1", AlreadySettled),  # this chain was told before its ack was lost
+        ("L-2", "L-1", Refuse),  # a replay or a producer's re-publish: a new chain, a duplicate
+        (None, "L-1", Refuse),
+        ("L-1", None, Refuse),  # the task is recalled by another chain
     ],
 )
-def test_redelivery_of_a_settled_request_is_not_a_duplicate(
-    redelivered: bool, message_id: str | None, told: bool, expected: type
+def test_only_the_told_chain_is_already_settled(
+    lineage: str | None, told: str | None, expected: type
 ) -> None:
     memory = RecallMemory()
     now = START + 3600
     memory.remember(TASK_ID, START + 60, now)
     if told:
-        memory.remember_told("m-1", START + 60, now)
-    result = prepare(
-        request(),
-        now - 10,
-        memory,
-        PrepareRules(),
-        now,
-        redelivered=redelivered,
-        message_id=message_id,
-    )
+        memory.remember_told(told, START + 60, now)
+    result = prepare(request(), now - 10, memory, PrepareRules(), now, lineage=lineage)
     assert type(result) is expected
     if isinstance(result, Refuse):
         assert result.code == 90050
+
+
+def test_a_told_dead_letter_chain_is_settled_but_a_replay_of_it_is_called() -> None:
+    # The replay after a 90053 (default overwrite now set) must not be taken for "told".
+    memory = RecallMemory()
+    now = START + 3600
+    memory.remember_told("L-dead", START + 60, now)
+    rules = PrepareRules(default_offline_push_info=OfflinePushInfo(Title="t", Desc="d"))
+    told = prepare(request(), now - 10, memory, rules, now, lineage="L-dead")
+    replay = prepare(request(), now - 10, memory, rules, now, lineage="L-replay")
+    assert isinstance(told, AlreadySettled)
+    assert isinstance(replay, Proceed)
+    assert replay.request.offline_push_info is not None
+
+
+def test_a_task_answered_90052_is_refused_locally_within_the_window() -> None:
+    memory = RecallMemory()
+    now = START + 3600
+    memory.remember_expired("opaque", START + 60, now)
+    result = prepare(request("opaque"), now - 10, memory, PrepareRules(), now)
+    assert isinstance(result, Refuse)
+    assert (result.code, result.reason) == (90052, "expired")
+    assert iso(START + 60) in result.info
+    later = now + DAY  # the memory forgot it: the API decides again
+    assert isinstance(prepare(request("opaque"), later, memory, PrepareRules(), later), Proceed)
+
+
+def test_the_amqp_timestamp_bounds_the_window_check() -> None:
+    # An undecodable TaskId first seen just now, but published more than a day ago.
+    now = START + 40 * DAY
+    old = now - DAY - MARGIN - 1
+    result = prepare(request("opaque"), now, RecallMemory(), PrepareRules(), now, published_at=old)
+    assert isinstance(result, Refuse)
+    assert result.code == 90052
+    recent = prepare(
+        request("opaque"), now, RecallMemory(), PrepareRules(), now, published_at=now - 60
+    )
+    assert isinstance(recent, Proceed)
 
 
 def test_told_messages_are_forgotten_after_24_hours() -> None:

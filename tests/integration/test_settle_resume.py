@@ -1,0 +1,172 @@
+"""A lost connection at each step of a settlement: the redelivery makes no second call, no second
+dead letter, no second live copy and no second results event."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from consumer.sandbox import Sandbox
+from consumer.settle import Settler, Step
+from tests.conftest import broker_address
+from tests.faults.support import read_all_results
+from tests.integration.conftest import (
+    OVERWRITE,
+    Broker,
+    Names,
+    WorkerFactory,
+    free_port,
+    wait_until,
+)
+from tests.integration.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    host, port = broker_address()
+    path = TcpProxy(host, port, free_port())
+    await path.start()
+    try:
+        yield path
+    finally:
+        await path.cut()
+
+
+def cut_after(
+    monkeypatch: pytest.MonkeyPatch, proxy: TcpProxy, target: Step, nth: int = 1
+) -> list[Step]:
+    """Cut the worker's connection once, right after the `nth` confirmed `target` step."""
+    original = Settler._step
+    seen: list[Step] = []
+
+    async def step(
+        self: Settler,
+        name: Step,
+        run: Callable[[], Awaitable[None]],
+        message: Any,
+        log: Any,
+    ) -> bool:
+        done = await original(self, name, run, message, log)
+        if done:
+            seen.append(name)
+            if seen.count(target) == nth and name is target:
+                await proxy.cut()  # as a dead link: every connection aborted
+                await proxy.start()  # and the broker reachable again for the reconnect
+        return done
+
+    monkeypatch.setattr(Settler, "_step", step)
+    return seen
+
+
+def through(proxy: TcpProxy) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.3"
+
+
+async def events_for(broker: Broker) -> list[Any]:
+    return await read_all_results(broker)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("target", "nth"),
+    [(Step.COPY, 1), (Step.RESULT_EVENT, 1), (Step.ACK, 2)],
+    ids=["stamp-copy-confirmed", "result-event-confirmed", "ack-sent"],
+)
+async def test_cut_while_recalling(
+    broker: Broker,
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
+    proxy: TcpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    target: Step,
+    nth: int,
+) -> None:
+    task_id = sandbox.create_task()
+    seen = cut_after(monkeypatch, proxy, target, nth)
+    with capture_logs() as logs:
+        async with run_worker(amqp_url=through(proxy)) as running:
+            message_id = await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+            await running.wait_settled(1)
+            await wait_until(lambda: _drained(broker, names), 20, "the queue to drain")
+    assert seen.count(target) >= nth, seen
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+    events = await events_for(broker)
+    assert [(e.message_id, e.outcome) for e in events] == [(message_id, "recalled")]
+    assert await broker.count(names.dead) == 0
+    assert any(e["event"] == "broker_connection_lost" for e in logs)
+
+
+async def test_cut_after_the_dead_letter_is_confirmed(
+    broker: Broker,
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
+    proxy: TcpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cut_after(monkeypatch, proxy, Step.DEAD_LETTER)
+    with capture_logs() as logs:
+        async with run_worker(amqp_url=through(proxy)) as running:
+            message_id = await broker.publish({"TaskId": "660cc447_no_such_task"})
+            await running.wait_settled(1)
+            await wait_until(lambda: _drained(broker, names), 20, "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [90049]
+    assert await broker.count(names.dead) == 1
+    events = await events_for(broker)
+    assert [(e.message_id, e.error_code) for e in events] == [(message_id, 90049)]
+    resumed = [e for e in logs if e["event"] == "settle_resumed"]
+    assert resumed, "the redelivery did not resume the settlement"
+    assert resumed[0]["steps_done"] == ["dead_letter"]
+
+
+async def test_cut_after_a_re_publish_is_confirmed_leaves_one_live_copy(
+    broker: Broker,
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
+    proxy: TcpProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.fail_next(3, task_id=task_id, code=91000)  # the budget runs out: re-published
+    cut_after(monkeypatch, proxy, Step.COPY, nth=2)  # the first copy is the stamp
+    async with run_worker(amqp_url=through(proxy), retry_budget_s=0.3) as running:
+        message_id = await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+        await running.wait_settled(1, timeout=30)
+        await wait_until(lambda: _drained(broker, names), 20, "the queue to drain")
+    codes = [c.code for c in sandbox.revoke_calls()]
+    assert codes.count(0) == 1, codes
+    assert 90050 not in codes, codes  # no second live copy called after the recall
+    events = await events_for(broker)
+    assert [(e.message_id, e.outcome) for e in events] == [(message_id, "recalled")]
+    assert await broker.count(names.dead) == 0
+
+
+async def test_cut_mid_call_the_answer_is_kept_and_not_asked_again(
+    broker: Broker,
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
+    proxy: TcpProxy,
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.set_latency(0.5)
+    async with run_worker(amqp_url=through(proxy)) as running:
+        message_id = await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+        await sandbox.wait_for(lambda calls: len(calls) == 1, timeout=10)
+        await proxy.cut()
+        await proxy.start()
+        await running.wait_settled(1)
+        await wait_until(lambda: _drained(broker, names), 20, "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [0]  # the answer came after the cut
+    events = await events_for(broker)
+    assert [(e.message_id, e.outcome) for e in events] == [(message_id, "recalled")]
+
+
+async def _drained(broker: Broker, names: Names) -> bool:
+    return await broker.count(names.queue) == 0
