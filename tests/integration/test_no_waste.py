@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
@@ -183,6 +184,36 @@ async def test_expiry_heuristic_can_be_turned_off(
         await broker.publish({"TaskId": expired, "OfflinePushInfo": OVERWRITE})
         await running.wait_settled(1)
     assert [c.code for c in sandbox.revoke_calls()] == [90052]  # the API had to say it
+
+
+async def test_a_task_answered_90052_is_not_called_again_even_after_a_restart(
+    broker: Broker, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
+) -> None:
+    task_id = "opaque-task-id-without-a-time"  # nothing to decode: only the API can tell
+    sandbox.add_task(task_id, started_at=time.time() - 2 * 86400)
+    async with run_worker() as running:
+        await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+        await running.wait_settled(1)
+    async with run_worker() as restarted:  # the memory comes back from the results stream
+        await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
+        await restarted.wait_settled(1)
+    assert [c.code for c in sandbox.revoke_calls()] == [90052]
+    event = restarted.settled[0]
+    assert (event.error_code, event.source) == (90052, "local")
+    assert "answered 90052" in event.error_info
+
+
+async def test_a_plausible_amqp_timestamp_bounds_the_window(
+    broker: Broker, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
+) -> None:
+    task_id = "opaque-task-published-long-ago"
+    sandbox.add_task(task_id)
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    async with run_worker() as running:
+        await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE}, timestamp=long_ago)
+        await running.wait_settled(1)
+    assert sandbox.revoke_calls() == []
+    assert (running.settled[0].error_code, running.settled[0].source) == (90052, "local")
 
 
 async def test_default_overwrite_only_where_none_was_given(

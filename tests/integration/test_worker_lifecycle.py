@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 
 import httpx
@@ -186,3 +187,32 @@ async def test_sigterm_during_a_retry_wait_republishes_and_exits_promptly(
     assert (again.headers or {})["x-recall-may-have-reached"] is False
     assert (again.headers or {})["x-recall-lineage"]  # the same chain goes on
     assert await broker.count(names.dead) == 0
+
+
+async def test_sigterm_while_waiting_for_a_slot_hands_the_request_back_not_attempted(
+    broker: Broker, names: Names, sandbox: Sandbox, spawn_worker: SpawnWorker
+) -> None:
+    first, second = sandbox.create_task(), sandbox.create_task()
+    worker = await spawn_worker(RECALL_INTERVAL_S="3")  # a long wait to stop in
+    await worker.ready()
+    await broker.publish({"TaskId": first, "OfflinePushInfo": OVERWRITE})
+    await broker.publish({"TaskId": second, "OfflinePushInfo": OVERWRITE})
+    await sandbox.wait_for(lambda calls: len(calls) == 1, timeout=10)
+    await wait_until(
+        lambda: any(e.get("event") == "request_recalled" for e in worker.events()), 10, "one"
+    )
+    worker.process.send_signal(signal.SIGTERM)  # the second waits for its slot
+    assert await worker.exit_code(timeout=5) == 0  # not after the 3 s wait
+    assert [c.task_id for c in sandbox.revoke_calls()] == [first]  # no call after SIGTERM
+    (again,) = await broker.take(names.queue)
+    headers = again.headers or {}
+    assert again.body == json.dumps({"TaskId": second, "OfflinePushInfo": OVERWRITE}).encode()
+    assert headers["x-recall-releases"] == 1
+    assert headers["x-recall-attempts"] == 0
+    assert headers["x-recall-may-have-reached"] is False  # a later 90050 would not be ours
+    assert headers["x-recall-lineage"]
+    # A copy, not a nack: the broker's delivery count is untouched on every RabbitMQ version.
+    assert not again.redelivered
+    assert "x-delivery-count" not in headers
+    released = [e for e in worker.events() if e.get("event") == "request_released"]
+    assert [e["reason"] for e in released] == ["shutdown"]
