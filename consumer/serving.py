@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -56,6 +57,19 @@ class _EmbeddedServer(uvicorn.Server):
                 await asyncio.wait_for(self.stop.wait(), 0.1)
 
 
+def _report_stop(task: asyncio.Task[None], server: _EmbeddedServer) -> None:
+    """An HTTP server that stops unasked is logged once, with why: its probes go dark next."""
+    if server.should_exit or task.cancelled():
+        return
+    error = task.exception()
+    structlog.get_logger().error(
+        "http_server_stopped",
+        task=task.get_name(),
+        error=type(error).__name__ if error else None,
+        exc_info=error,
+    )
+
+
 @contextlib.asynccontextmanager
 async def serve_app(
     app: ASGIApp,
@@ -76,6 +90,7 @@ async def serve_app(
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{host}:{port}")
+    task.add_done_callback(lambda done: _report_stop(done, server))
     try:
         while not server.started:  # uvicorn offers no event for this
             if task.done():
