@@ -11,6 +11,7 @@ import httpx
 import structlog
 
 from consumer.client import RevokeClient, make_http_client
+from consumer.fence import fence_after_s, heartbeat_of, with_heartbeat
 from consumer.health import health_app
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer
@@ -26,8 +27,10 @@ from schemas.events import ResultEvent
 
 def worker_config(settings: Settings) -> WorkerConfig:
     """The worker's part of the settings."""
+    amqp_url = with_heartbeat(settings.amqp_url.get_secret_value(), settings.heartbeat_s)
     return WorkerConfig(
-        amqp_url=settings.amqp_url.get_secret_value(),
+        amqp_url=amqp_url,
+        fence_s=fence_after_s(heartbeat_of(amqp_url)),
         topology=Topology.from_settings(settings),
         retry=RetryRules(
             budget_s=settings.retry_budget_s,

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
         validation_alias=_env("RECALL_AMQP_URL"),
     )
+    heartbeat_s: int = Field(default=10, validation_alias=_env("RECALL_HEARTBEAT_S"), ge=1)
     queue: str = Field(
         default="timpush.recall", validation_alias=_env("RECALL_QUEUE"), min_length=1
     )

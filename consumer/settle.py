@@ -32,6 +32,9 @@ SETTLE_ERRORS = (
 )
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s, plus waits for a reconnect
 RECONNECT_WAIT_S = 30.0
+# aio-pika's robust channel holds a publish until the connection is back, and a stalled link
+# gives no confirm at all: a step that hangs this long is treated as failed.
+STEP_TIMEOUT_S = 15.0
 JOURNAL_SIZE = 1024  # lineages whose settlement is under way; one is in hand at a time
 
 
@@ -169,6 +172,8 @@ class Settler:
         verdict: Verdict,
         log: FilteringBoundLogger,
         progress: Progress | None = None,
+        *,
+        void: Callable[[], bool] = lambda: False,
     ) -> Settled:
         """Settle the delivery; with the results event when it is recalled or dead-lettered.
 
@@ -204,7 +209,7 @@ class Settler:
         for name, step in steps:
             if name in progress.done:
                 continue
-            if not await self._step(name, step, message, log):
+            if not await self._step(name, step, message, log, void):
                 return Settled(done=False, event=_told(progress))
             progress.done.add(name)
             if name is Step.RESULT_EVENT and progress.event is not None:
@@ -228,16 +233,18 @@ class Settler:
         step: Callable[[], Awaitable[None]],
         message: AbstractIncomingMessage,
         log: FilteringBoundLogger,
+        void: Callable[[], bool],
     ) -> bool:
         wait = 0.25
         for attempt in range(1, STEP_TRIES + 1):
             try:
-                await step()
+                await asyncio.wait_for(step(), STEP_TIMEOUT_S)
                 return True
             except SETTLE_ERRORS as exc:
-                if _channel_gone(message):
-                    # The delivery died with its channel: the broker redelivers the request,
-                    # and the redelivery resumes from the progress recorded so far.
+                if void() or _channel_gone(message):
+                    # The delivery died with its channel or its connection (delivery tags do
+                    # not survive a reconnect): the broker redelivers the request, and the
+                    # redelivery resumes from the progress recorded so far.
                     log.warning(
                         "settle_abandoned_redelivery_expected",
                         step=name.value,

@@ -21,6 +21,7 @@ from structlog.typing import FilteringBoundLogger
 
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, read_envelope
+from consumer.fence import silent_for
 from consumer.halt import HaltProbe
 from consumer.memory import RecallMemory
 from consumer.metrics import Metrics
@@ -35,6 +36,7 @@ from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
+CANCEL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Delivery:
     key: str  # the generation it arrived as (see Envelope.generation)
     log: FilteringBoundLogger
     started: float
+    connection_epoch: int  # a delivery is void once the connection it came on is lost
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class WorkerConfig:
     halt_probe_initial_s: float = 5.0
     halt_probe_max_s: float = 300.0
     rebuild_budget_s: float = 60.0
+    fence_s: float = 45.0  # no call once the broker has been silent this long (see fence.py)
 
 
 class Worker:
@@ -96,6 +100,8 @@ class Worker:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._taken_over = False  # set on the first delivery since subscribing or reconnecting
+        self._fenced = False  # the broker has been silent too long: no call
+        self._epoch = 0  # connections lost so far
         self._resumed_by_probe = False  # since the last halt: a request halting twice is its own
         self._log = structlog.get_logger().bind(queue=config.topology.queue)
 
@@ -114,7 +120,18 @@ class Worker:
         return {"halt_probe": not self.halted or self._probe.running()}
 
     def _broker_connected(self) -> bool:
-        return self._connection is not None and self._connection.connected.is_set()
+        """Connected, and heard from recently enough that our delivery is surely still ours."""
+        if self._connection is None or not self._connection.connected.is_set():
+            return False
+        silent = silent_for(self._connection, asyncio.get_running_loop().time())
+        fenced = silent > self.config.fence_s
+        if fenced != self._fenced:
+            self._fenced = fenced
+            if fenced:
+                self._log.warning("broker_silent_fenced", silent_s=round(silent, 1))
+            else:
+                self._log.info("broker_heard_again")
+        return not fenced
 
     def stop(self) -> None:
         """Stop taking messages: no new call; a call in flight finishes and is settled."""
@@ -189,7 +206,8 @@ class Worker:
         self.metrics.active.set(0)
         if tag is not None and self._queue is not None:
             try:
-                await self._queue.cancel(tag)
+                # A robust channel waits for the broker to come back: not forever.
+                await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT_S)
             except SETTLE_ERRORS as exc:
                 self._log.warning("consumer_cancel_failed", error=type(exc).__name__)
 
@@ -202,6 +220,7 @@ class Worker:
         # reconnect is a takeover (wait one interval, rebuild the memory). This callback runs
         # when the connection drops, before aio-pika restores the consumer.
         self._taken_over = False
+        self._epoch += 1
         self.metrics.connected.set(0)
         self.metrics.active.set(0)
         if not self._stopping.is_set():
@@ -229,7 +248,7 @@ class Worker:
             )
             # The journal is keyed on this copy, not the lineage: a re-published copy of the
             # same lineage is a delivery of its own and must not be taken for the one it replaced.
-            delivery = Delivery(message, envelope.generation, log, started)
+            delivery = Delivery(message, envelope.generation, log, started, self._epoch)
             try:
                 await self._handle_delivery(delivery, envelope)
             except Exception as exc:  # no delivery is ever left unsettled
@@ -290,7 +309,15 @@ class Worker:
         assert self._settler is not None
         progress = self._journal.open(delivery.key)
         message, log = delivery.message, delivery.log.bind(task_id=verdict.task_id)
-        settled = await self._settler.settle(message, envelope, verdict, log, progress)
+        epoch = delivery.connection_epoch
+
+        def void() -> bool:
+            # Its connection was lost (the broker redelivers it), or we are stopping with no
+            # broker to settle with (it stays in the queue for the next replica).
+            gone = self._stopping.is_set() and not self._broker_connected()
+            return self._epoch != epoch or gone
+
+        settled = await self._settler.settle(message, envelope, verdict, log, progress, void=void)
         if settled.done:
             duration = time.monotonic() - delivery.started
             self._tell(message, verdict, settled.event, duration, log)

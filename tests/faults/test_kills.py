@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.sandbox import Sandbox
 from consumer.stream import result_message
@@ -149,8 +150,13 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
     taken = await take_unacked_then_drop(broker, names.queue)
     assert taken == request.message_id
 
-    async with run_worker():
-        await wait_until(lambda: _queue_empty(broker, names), 15, "the redelivery to be acked")
+    with capture_logs() as logs:
+        async with run_worker():
+            await wait_until(
+                lambda: any(e["event"] == "request_already_settled" for e in logs),
+                15,
+                "the redelivery to be acked",
+            )
     letters = await _peek_dead(broker, names)
     report(
         "crash_between_results_event_and_ack",

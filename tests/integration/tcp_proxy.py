@@ -7,13 +7,25 @@ import contextlib
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to an upstream; `cut()` drops every connection and refuses new."""
+    """Forwards 127.0.0.1:<port> to an upstream; `cut()` drops every connection and refuses new;
+    `stall()` stops forwarding in both directions with every connection left open (a switch
+    that stops forwarding: no FIN, no RST) until `resume()`."""
 
     def __init__(self, upstream_host: str, upstream_port: int, port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
         self.port = port
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Hold every byte from now on, in both directions, keeping the connections open."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Forward again (what was held goes through, in order)."""
+        self._flowing.set()
 
     async def start(self) -> None:
         """Listen (again) on the proxy's port."""
@@ -28,6 +40,7 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        self._flowing.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -41,7 +54,9 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+        await self._flowing.wait()  # a stalled link carries no FIN or RST either
         writer.transport.abort()
         self._writers.discard(writer)
