@@ -14,6 +14,7 @@ from consumer.client import RevokeClient, make_http_client
 from consumer.fence import fence_after_s, heartbeat_of, with_heartbeat
 from consumer.health import health_app
 from consumer.metrics import Metrics
+from consumer.nodes import split_urls
 from consumer.pacing import Pacer
 from consumer.prepare import PrepareRules
 from consumer.recaller import RetryRules
@@ -27,10 +28,13 @@ from schemas.events import ResultEvent
 
 def worker_config(settings: Settings) -> WorkerConfig:
     """The worker's part of the settings."""
-    amqp_url = with_heartbeat(settings.amqp_url.get_secret_value(), settings.heartbeat_s)
+    urls = [
+        with_heartbeat(url, settings.heartbeat_s)
+        for url in split_urls(settings.amqp_url.get_secret_value())
+    ]
     return WorkerConfig(
-        amqp_url=amqp_url,
-        fence_s=fence_after_s(heartbeat_of(amqp_url)),
+        amqp_url=",".join(urls),
+        fence_s=min(fence_after_s(heartbeat_of(url)) for url in urls),
         topology=Topology.from_settings(settings),
         retry=RetryRules(
             budget_s=settings.retry_budget_s,

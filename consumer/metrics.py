@@ -99,6 +99,13 @@ class Metrics:
         self.connected = Gauge(
             "tim_recall_broker_connected", "1 while connected to RabbitMQ.", registry=r
         )
+        self.broker_node = Gauge(
+            "tim_recall_broker_node",
+            "1 for the broker node (host:port) this replica last connected to, 0 for the others.",
+            ["node"],
+            registry=r,
+        )
+        self._node: str | None = None
         for outcome in ("recalled", "dead_lettered"):
             self.settled.labels(outcome)
         for error_code in ErrorCode:
@@ -113,3 +120,10 @@ class Metrics:
         api = [(str(c), "api") for c in (90049, 90050, 90052, 90053, 90001)]
         for dl_code, source in local + api:
             self.dead_letters.labels(dl_code, source)
+
+    def node(self, node: str) -> None:
+        """Mark `node` as the broker node in use (the previous one goes to 0)."""
+        if self._node is not None and self._node != node:
+            self.broker_node.labels(self._node).set(0)
+        self.broker_node.labels(node).set(1)
+        self._node = node

@@ -13,7 +13,7 @@ from typing import Literal
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
@@ -30,10 +30,8 @@ SETTLE_ERRORS = (
     ConnectionError,
     asyncio.TimeoutError,
 )
-STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s, plus waits for a reconnect
-RECONNECT_WAIT_S = 30.0
-# aio-pika's robust channel holds a publish until the connection is back, and a stalled link
-# gives no confirm at all: a step that hangs this long is treated as failed.
+STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s on a live connection
+# A stalled link gives no confirm at all: a step that hangs this long is treated as failed.
 STEP_TIMEOUT_S = 15.0
 JOURNAL_SIZE = 1024  # lineages whose settlement is under way; one is in hand at a time
 
@@ -144,15 +142,15 @@ class Settled:
 class Settler:
     """Carries out `action_for(outcome)` on a delivery, step by step, each step retried.
 
-    A step that failed because the broker went away is tried again once the connection is
-    back; steps already done (recorded in the delivery's `Progress`) are not repeated, so a
-    reconnect never doubles a dead letter, a copy or an event. If the delivery's own channel is
-    gone, the broker redelivers it and we stop there; the redelivery resumes from `Progress`.
+    Steps already done (recorded in the delivery's `Progress`) are not repeated. If the
+    delivery's channel or connection is gone, it is not ours any more: the broker redelivers
+    it and we stop there; the redelivery resumes from `Progress`, so a lost connection never
+    doubles a dead letter, a copy or an event.
     """
 
     def __init__(
         self,
-        connection: AbstractRobustConnection,
+        connection: AbstractConnection,
         publisher: AbstractChannel,
         topology: Topology,
         clock: Callable[[], float],
@@ -209,6 +207,9 @@ class Settler:
         for name, step in steps:
             if name in progress.done:
                 continue
+            if void():  # not ours any more: whoever gets the redelivery settles it
+                log.warning("settle_abandoned_redelivery_expected", step=name.value)
+                return Settled(done=False, event=_told(progress))
             if not await self._step(name, step, message, log, void):
                 return Settled(done=False, event=_told(progress))
             progress.done.add(name)
@@ -254,8 +255,6 @@ class Settler:
                 log.warning(
                     "settle_step_retry", step=name.value, attempt=attempt, error=type(exc).__name__
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._connection.connected.wait(), RECONNECT_WAIT_S)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 4.0)
         # Never leave a delivery held on a live channel: hand it back so it is tried again.

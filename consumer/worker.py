@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
+from typing import Any
 
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import (
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from structlog.typing import FilteringBoundLogger
 
 from consumer.client import RevokeClient
@@ -25,6 +23,7 @@ from consumer.fence import silent_for
 from consumer.halt import HaltProbe
 from consumer.memory import RecallMemory
 from consumer.metrics import Metrics
+from consumer.nodes import NoNodeReachable, connect_first, node_of, split_urls
 from consumer.pacing import Pacer, sleep_unless_set
 from consumer.policy import HANDLING_FAILED, History, Outcome
 from consumer.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
@@ -37,6 +36,14 @@ from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
 CANCEL_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
+# Failures to reach a node that another try (or another node) may cure.
+RETRYABLE_CONNECT = (
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    aiormq.exceptions.AMQPConnectionError,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class Worker:
         self._busy = asyncio.Lock()
         self._journal = Journal()
         self._handling: set[asyncio.Task[None]] = set()
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractConnection | None = None
         self._settler: Settler | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -121,7 +128,7 @@ class Worker:
 
     def _broker_connected(self) -> bool:
         """Connected, and heard from recently enough that our delivery is surely still ours."""
-        if self._connection is None or not self._connection.connected.is_set():
+        if self._connection is None or self._connection.is_closed:
             return False
         silent = silent_for(self._connection, asyncio.get_running_loop().time())
         fenced = silent > self.config.fence_s
@@ -138,61 +145,87 @@ class Worker:
         self._stopping.set()
 
     async def run(self, started: asyncio.Event | None = None) -> None:
-        """Connect, declare, consume until `stop()`, then close."""
-        topology = self.config.topology
-        connection = await self._connect()
-        if connection is None:
-            return  # stopped before the broker could be reached
-        self._connection = connection
-        self._connection.reconnect_callbacks.add(self._on_reconnect)
-        self._connection.close_callbacks.add(self._on_disconnect)
+        """Connect, declare, consume until `stop()`, reconnecting (through the list of nodes)
+        whenever the connection is lost; then close."""
+        urls = split_urls(self.config.amqp_url)
+        start = 0
         try:
-            await declare(self._connection, topology)
-            # The publishing channel first: channels are restored in order after a reconnect,
-            # so it is back before the consumer's delivers anything that needs settling.
-            publisher = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            while not self._stopping.is_set():
+                connected = await self._connect(urls, start)
+                if connected is None:
+                    return  # stopped before a broker could be reached
+                connection, index = connected
+                await self._serve(connection, node_of(urls[index]), started)
+                start = index + 1  # after a loss, the next node first: this one may be dead
+        finally:
+            self._probe.cancel()
+            self._log.info("worker_stopped")
+
+    async def _serve(
+        self, connection: AbstractConnection, node: str, started: asyncio.Event | None
+    ) -> None:
+        """Consume on one connection until `stop()` (then settle, close) or its loss."""
+        topology = self.config.topology
+        closed = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: closed.set())
+        self._connection = connection
+        try:
+            await declare(connection, topology)
+            publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._settler = Settler(
-                self._connection, publisher, topology, self._clock, on_told=self._remember
+                connection, publisher, topology, self._clock, on_told=self._remember
             )
-            consumer_channel = await self._connection.channel()
+            consumer_channel = await connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)
             self._queue = await consumer_channel.declare_queue(
                 topology.queue, durable=True, arguments=topology.queue_arguments()
             )
             self.metrics.connected.set(1)
+            self.metrics.node(node)
+            self._log.info("broker_connected", node=node)
             self._pacer.hold()
-            await self._start_consuming()
+            if not self.halted:
+                await self._start_consuming()
             if started is not None:
                 started.set()
-            await self._stopping.wait()
-            async with self._busy:  # the delivery in hand is settled or released first
-                await self._stop_consuming()
-            while self._handling:  # deliveries that came meanwhile are released
-                await asyncio.wait(set(self._handling), timeout=30)
+            await _first(self._stopping.wait(), closed.wait())
+            if self._stopping.is_set() and not closed.is_set():
+                async with self._busy:  # the delivery in hand is settled or released first
+                    await self._stop_consuming()
+                while self._handling:  # deliveries that came meanwhile are released
+                    await asyncio.wait(set(self._handling), timeout=30)
+        except SETTLE_ERRORS as exc:  # the connection went while we set up or stopped
+            self._log.warning("broker_setup_failed", node=node, error=type(exc).__name__)
         finally:
-            self._probe.cancel()
-            await self._connection.close()
-            self.metrics.connected.set(0)
-            self._log.info("worker_stopped")
+            self._lost()
+            if not connection.is_closed:
+                with contextlib.suppress(*SETTLE_ERRORS):
+                    await connection.close()
 
-    async def _connect(self) -> AbstractRobustConnection | None:
-        """Connect, waiting for the broker with backoff: a worker started during a broker outage
-        stays up (live, not ready) rather than crash-looping. Wrong credentials are fatal."""
+    async def _connect(self, urls: list[str], start: int) -> tuple[AbstractConnection, int] | None:
+        """Connect to the first node that answers, waiting with backoff while none does: a
+        worker started during a broker outage stays up (live, not ready) rather than
+        crash-looping. Our own configuration (a refused login, a certificate) is fatal."""
         wait = 1.0
         while not self._stopping.is_set():
             try:
-                return await aio_pika.connect_robust(
-                    self.config.amqp_url, client_properties={"connection_name": "tim-recall"}
+                return await connect_first(
+                    urls, self._open, start=start, retry_on=RETRYABLE_CONNECT
                 )
-            except aiormq.exceptions.ProbableAuthenticationError:
-                raise
-            except (ConnectionError, OSError, aiormq.exceptions.AMQPConnectionError) as exc:
-                self._log.warning("broker_unreachable", error=type(exc).__name__, retry_in_s=wait)
+            except NoNodeReachable as exc:
+                self._log.warning(
+                    "broker_unreachable",
+                    nodes=[f"{f.node}: {f.reason}" for f in exc.failures],
+                    retry_in_s=wait,
+                )
             await sleep_unless_set(self._stopping, wait)
             wait = min(wait * 2, 30.0)
         return None
+
+    async def _open(self, url: str) -> AbstractConnection:
+        return await aio_pika.connect(
+            url, client_properties={"connection_name": "tim-recall"}, timeout=CONNECT_TIMEOUT_S
+        )
 
     async def _start_consuming(self) -> None:
         assert self._queue is not None
@@ -211,14 +244,11 @@ class Worker:
             except SETTLE_ERRORS as exc:
                 self._log.warning("consumer_cancel_failed", error=type(exc).__name__)
 
-    def _on_reconnect(self, *_: object) -> None:
-        self.metrics.connected.set(1)
-        self._log.info("broker_reconnected")
-
-    def _on_disconnect(self, *_: object) -> None:
-        # Another replica may be active while we are away: the first delivery after the
-        # reconnect is a takeover (wait one interval, rebuild the memory). This callback runs
-        # when the connection drops, before aio-pika restores the consumer.
+    def _lost(self) -> None:
+        """This connection is over: every delivery it brought is void. The first delivery on
+        the next one is a takeover (wait one interval, rebuild the memory): another replica
+        may have been active meanwhile."""
+        self._consumer_tag = None
         self._taken_over = False
         self._epoch += 1
         self.metrics.connected.set(0)
@@ -540,3 +570,13 @@ def _local(
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),
     )
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Wait until the first of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

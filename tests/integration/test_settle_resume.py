@@ -50,8 +50,9 @@ def cut_after(
         run: Callable[[], Awaitable[None]],
         message: Any,
         log: Any,
+        void: Any,
     ) -> bool:
-        done = await original(self, name, run, message, log)
+        done = await original(self, name, run, message, log, void)
         if done:
             seen.append(name)
             if seen.count(target) == nth and name is target:
@@ -64,7 +65,7 @@ def cut_after(
 
 
 def through(proxy: TcpProxy) -> str:
-    return f"amqp://guest:guest@127.0.0.1:{proxy.port}/?reconnect_interval=0.3"
+    return f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
 
 
 async def events_for(broker: Broker) -> list[Any]:
@@ -98,10 +99,11 @@ async def test_cut_while_recalling(
     events = await events_for(broker)
     assert [(e.message_id, e.outcome) for e in events] == [(message_id, "recalled")]
     assert await broker.count(names.dead) == 0
-    # The first delivery after the reconnect is a takeover: the memory is rebuilt again.
     names_ = [e["event"] for e in logs]
     lost = names_.index("broker_connection_lost")
-    assert "memory_rebuilt" in names_[lost:]
+    if target is not Step.ACK:  # (a sent ack may well have arrived: then no redelivery)
+        # The first delivery after the reconnect is a takeover: the memory is rebuilt again.
+        assert "memory_rebuilt" in names_[lost:]
 
 
 async def test_cut_after_the_dead_letter_is_confirmed(

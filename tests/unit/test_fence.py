@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import aiormq
 import pytest
 
+from consumer.app import worker_config
 from consumer.fence import fence_after_s, heartbeat_of, silent_for, with_heartbeat
+from consumer.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -44,3 +46,10 @@ async def test_silence_is_read_from_aiormq() -> None:
     assert 0.0 <= silent_for(holder, now) < 1.0  # type: ignore[arg-type]
     assert silent_for(holder, now + 30) == pytest.approx(30, abs=1)  # type: ignore[arg-type]
     assert silent_for(SimpleNamespace(), now) == 0.0  # type: ignore[arg-type]
+
+
+def test_every_node_of_a_list_gets_the_heartbeat() -> None:
+    settings = load_settings(amqp_url="amqp://u:p@a/,amqp://u:p@b/?heartbeat=4", heartbeat_s=10)
+    config = worker_config(settings)
+    assert config.amqp_url == "amqp://u:p@a/?heartbeat=10,amqp://u:p@b/?heartbeat=4"
+    assert config.fence_s == fence_after_s(4)  # the shortest heartbeat decides
