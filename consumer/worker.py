@@ -182,7 +182,7 @@ class Worker:
             )
             self.metrics.connected.set(1)
             self.metrics.node(node)
-            self._log.info("broker_connected", node=node)
+            self._log.info("broker_reconnected" if self._epoch else "broker_connected", node=node)
             self._pacer.hold()
             if not self.halted:
                 await self._start_consuming()

@@ -20,6 +20,7 @@ from tests.integration.conftest import (
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
+CONNECTED = ("broker_connected", "broker_reconnected")
 
 
 @pytest.fixture
@@ -53,22 +54,25 @@ async def test_the_first_node_that_answers_then_the_next_when_it_goes(
     tasks = [sandbox.create_task() for _ in range(2)]
     with capture_logs() as logs:
         async with run_worker(amqp_url=nodes) as running:
-            connected = [e["node"] for e in logs if e["event"] == "broker_connected"]
+            connected = [e["node"] for e in logs if e["event"] in CONNECTED]
             assert connected == [f"127.0.0.1:{first.port}"]
             assert running.metrics.broker_node.labels(connected[0])._value.get() == 1
             await broker.publish({"TaskId": tasks[0], "OfflinePushInfo": OVERWRITE})
             await running.wait_settled(1)
             await first.cut()  # that node dies
             await wait_until(
-                lambda: len([e for e in logs if e["event"] == "broker_connected"]) == 2,
+                lambda: len([e for e in logs if e["event"] in CONNECTED]) == 2,
                 20,
                 "a connection to the next node",
             )
             await broker.publish({"TaskId": tasks[1], "OfflinePushInfo": OVERWRITE})
             await running.wait_settled(2)
-    connected = [e["node"] for e in logs if e["event"] == "broker_connected"]
-    assert connected == [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]
-    assert running.metrics.broker_node.labels(connected[0])._value.get() == 0
+    connected = [(e["event"], e["node"]) for e in logs if e["event"] in CONNECTED]
+    assert connected == [
+        ("broker_connected", f"127.0.0.1:{first.port}"),
+        ("broker_reconnected", f"127.0.0.1:{second.port}"),
+    ]
+    assert running.metrics.broker_node.labels(connected[0][1])._value.get() == 0
     assert sorted(sandbox.recalled_task_ids()) == sorted(tasks)
     lost = [e for e in logs if e["event"] == "broker_connection_lost"]
     assert len(lost) == 1
