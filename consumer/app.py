@@ -61,11 +61,12 @@ def build_worker(
 ) -> Worker:
     """A worker wired from the settings (credentials are checked here: SettingsError)."""
     sdkappid = settings.require_sdkappid()
-    settings.secret_key()  # fail now, with the variable's name, not at the first call
+    # Fails now, with the variable's name, not at the first call; later reads never raise.
+    keys = settings.secret_key_source()
     usersigs = UserSigCache(
         sdkappid,
         settings.identifier,
-        settings.secret_key,
+        keys,
         expire=settings.usersig_expire_s,
         renew_before=max(60, settings.usersig_expire_s // 10),
     )

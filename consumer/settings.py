@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
+from consumer.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
 from schemas.recall import OfflinePushInfo
 
 
@@ -160,19 +161,20 @@ class Settings(BaseSettings):
         """The app's SecretKey from TIM_SECRET_KEY or TIM_SECRET_KEY_FILE, or SettingsError."""
         if self.secret_key_value is not None and self.secret_key_file is not None:
             raise SettingsError("set TIM_SECRET_KEY or TIM_SECRET_KEY_FILE, not both")
-        if self.secret_key_value is not None:
-            key, source = self.secret_key_value.get_secret_value().strip(), "TIM_SECRET_KEY"
-        elif self.secret_key_file is not None:
-            source = "TIM_SECRET_KEY_FILE"
-            try:
-                key = self.secret_key_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise SettingsError(f"TIM_SECRET_KEY_FILE cannot be read: {exc.strerror}") from None
-        else:
-            raise SettingsError("TIM_SECRET_KEY or TIM_SECRET_KEY_FILE is required")
-        if not key:
-            raise SettingsError(f"{source} is empty")
-        return key
+        try:
+            if self.secret_key_value is not None:
+                source = "TIM_SECRET_KEY"
+                return check_key(self.secret_key_value.get_secret_value())
+            if self.secret_key_file is not None:
+                source = "TIM_SECRET_KEY_FILE"
+                return read_key_file(self.secret_key_file)
+        except UnusableKey as exc:  # the reason only: never the content
+            raise SettingsError(f"{source} is unusable: {exc.reason}") from None
+        raise SettingsError("TIM_SECRET_KEY or TIM_SECRET_KEY_FILE is required")
+
+    def secret_key_source(self) -> SecretKeySource:
+        """The key for each UserSig: the file re-read safely; SettingsError now if unusable."""
+        return SecretKeySource(self.secret_key(), self.secret_key_file)
 
 
 def _variable_of(field: str) -> str:

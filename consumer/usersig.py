@@ -110,7 +110,8 @@ class UserSigCache:
     """Holds one UserSig and makes a new one well before it expires.
 
     `secret_key` may be a function, read again at each renewal: a key file mounted from a
-    Kubernetes Secret can then be fixed without a restart.
+    Kubernetes Secret can then be fixed without a restart. Give it a `SecretKeySource`
+    (consumer/secret_key.py), which never raises: an unusable file keeps the last good key.
     """
 
     def __init__(
