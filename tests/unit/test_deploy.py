@@ -111,8 +111,8 @@ def k8s_docs() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(K8S.read_text()) if d is not None]
 
 
-def k8s(kind: str) -> dict[str, Any]:
-    found = [d for d in k8s_docs() if d["kind"] == kind]
+def k8s(kind: str, name: str = "tim-recall") -> dict[str, Any]:
+    found = [d for d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -505,6 +505,24 @@ def test_k8s_secret_key_is_a_mounted_file() -> None:
     assert amqp == {"name": secret_name, "key": "RECALL_AMQP_URL"}
     config_refs = [s["configMapRef"]["name"] for s in container["envFrom"]]
     assert config_refs == [k8s("ConfigMap")["metadata"]["name"]]
+
+
+def test_k8s_broker_tls_ca_is_a_mounted_secret_file() -> None:
+    secrets = {d["metadata"]["name"]: d for d in k8s_docs() if d["kind"] == "Secret"}
+    url = secrets["tim-recall"]["stringData"]["RECALL_AMQP_URL"]
+    assert url.startswith("amqps://")
+    cafile = url.split("cafile=", 1)[1].split("&", 1)[0]
+    pod_spec = k8s("Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in k8s_container()["volumeMounts"]}
+    files = {
+        f"{mounts[v['name']]['mountPath']}/{item['path']}": (v["secret"]["secretName"], item["key"])
+        for v in pod_spec["volumes"]
+        if "secret" in v
+        for item in v["secret"]["items"]
+    }
+    secret_name, key = files[cafile]
+    assert "BEGIN CERTIFICATE" in secrets[secret_name]["stringData"][key]
+    assert mounts["broker-ca"]["readOnly"] is True
 
 
 def test_k8s_pod_disruption_budget() -> None:
