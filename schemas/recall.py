@@ -6,7 +6,16 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 # Tencent documents some of these as numbers in one place and strings in another: accept either
 # and send back exactly what the producer gave.
@@ -95,6 +104,29 @@ class OfflinePushInfo(_PassThrough):
     PushTemplateId: IntOrStr | None = None
     PushTemplateParam: Any = None
 
+    def is_empty(self) -> bool:
+        """True when it carries no value at all: only nulls, empty objects and empty lists."""
+        return _carries_nothing(self)
+
+
+def _carries_nothing(value: Any) -> bool:
+    # Unknown fields count like known ones: {"NewField": "x"} is an overwrite. "" and 0 are
+    # values the producer chose. Iterative, so no nesting depth can overflow the stack.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if item is None:
+            continue
+        if isinstance(item, BaseModel):
+            pending.extend(v for _, v in item)  # declared fields and pass-through extras
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        else:
+            return False
+    return True
+
 
 TaskIdStr = Annotated[
     str,
@@ -130,21 +162,50 @@ class RecallRequest(BaseModel):
     )
 
     task_id: TaskIdStr = Field(alias="TaskId")
+    # The producer's own overwrite. One with no value in it ({} or all nulls) is none at all:
+    # it has nothing to overwrite with, and must not shadow the default overwrite.
     offline_push_info: OfflinePushInfo | None = Field(default=None, alias="OfflinePushInfo")
+    # The worker's default overwrite, sent when the producer gave none. Kept apart so that
+    # `offline_push_info` keeps saying what the producer asked for (the results event's
+    # has_offline_push_info); never read from a body.
+    _default_overwrite: OfflinePushInfo | None = PrivateAttr(default=None)
+
+    @field_validator("offline_push_info", mode="after")
+    @classmethod
+    def _empty_is_absent(cls, value: OfflinePushInfo | None) -> OfflinePushInfo | None:
+        return None if value is not None and value.is_empty() else value
+
+    @property
+    def sent_offline_push_info(self) -> OfflinePushInfo | None:
+        """The overwrite the call carries: the producer's own, else the default added."""
+        if self.offline_push_info is not None:
+            return self.offline_push_info
+        return self._default_overwrite
 
     def api_body(self) -> dict[str, Any]:
         """The JSON body to send: no nulls, no unset fields, unknown pass-through fields kept."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+        body = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+        if self.offline_push_info is None and self._default_overwrite is not None:
+            body["OfflinePushInfo"] = self._default_overwrite.model_dump(
+                mode="json", by_alias=True, exclude_none=True, exclude_unset=True
+            )
+        return body
 
     def api_bytes(self) -> bytes:
         """The body exactly as sent: compact UTF-8 JSON of `api_body()`."""
         return json.dumps(self.api_body(), ensure_ascii=False, separators=(",", ":")).encode()
 
     def with_default_overwrite(self, info: OfflinePushInfo) -> RecallRequest:
-        """This request with `info` as its overwrite, when it carries none of its own."""
-        if self.offline_push_info is not None:
+        """This request sending `info` as its overwrite when it carries none of its own.
+
+        `offline_push_info` stays None on the copy: the default is the worker's, not the
+        producer's. An empty `info` is no default.
+        """
+        if self.offline_push_info is not None or info.is_empty():
             return self
-        return self.model_copy(update={"offline_push_info": info})
+        copy = self.model_copy()
+        copy._default_overwrite = info
+        return copy
 
 
 class InvalidRequest(Exception):

@@ -200,7 +200,8 @@ def test_what_is_accepted_can_be_sent(raw: bytes) -> None:
     [
         (None, {"Title": "default"}),
         ({"Title": "own"}, {"Title": "own"}),
-        ({}, {}),
+        ({}, {"Title": "default"}),
+        ({"Title": None, "Desc": None}, {"Title": "default"}),
     ],
 )
 def test_with_default_overwrite_only_when_none(
@@ -212,6 +213,84 @@ def test_with_default_overwrite_only_when_none(
     request = parse_request(body(doc))
     result = request.with_default_overwrite(OfflinePushInfo(Title="default"))
     assert result.api_body() == {"TaskId": "t1", "OfflinePushInfo": expected}
+    assert json.loads(result.api_bytes()) == result.api_body()
+    assert result.sent_offline_push_info is not None
+    # What the producer asked for is unchanged: the default is the worker's.
+    assert result.offline_push_info == request.offline_push_info
+    assert (result.offline_push_info is None) == (expected == {"Title": "default"})
+
+
+# An overwrite that carries no value: the producer gave none.
+EMPTY_OVERWRITES: list[dict[str, Any]] = [
+    {},
+    {"Title": None},
+    {"PushFlag": None, "Title": None, "Desc": None, "Ext": None, "PushTemplateParam": None},
+    {"NewField": None},
+    {"AndroidInfo": {}},
+    {"AndroidInfo": None, "ApnsInfo": {"Sound": None}, "HarmonyInfo": {}},
+    {"MultiLanguageContent": []},
+    {"MultiLanguageContent": [{"Language": None}, {}]},
+    {"PushTemplateParam": {}},
+    {"NewObject": {"a": None, "b": [None, {}]}},
+]
+
+# An overwrite with something in it, however little, and whatever the field.
+NON_EMPTY_OVERWRITES: list[dict[str, Any]] = [
+    {"Title": "t"},
+    {"Title": ""},
+    {"PushFlag": 0},
+    {"PushFlag": 1},
+    {"BadgeAddNum": 0},
+    {"NewField": "x"},
+    {"NewField": False},
+    {"NewField": 0},
+    {"Title": None, "NewObject": {"a": [None, 1]}},
+    {"AndroidInfo": {"Sound": "s"}},
+    {"ApnsInfo": {"NewApns": "y"}},
+    {"MultiLanguageContent": [{}, {"Language": "en"}]},
+    {"PushTemplateParam": "p"},
+]
+
+
+@pytest.mark.parametrize("info", EMPTY_OVERWRITES, ids=repr)
+def test_an_empty_overwrite_is_no_overwrite(info: dict[str, Any]) -> None:
+    request = parse_request(body({"TaskId": "t1", "OfflinePushInfo": info}))
+    assert request.offline_push_info is None
+    assert request.api_body() == {"TaskId": "t1"}
+    assert OfflinePushInfo.model_validate(info).is_empty()
+    defaulted = request.with_default_overwrite(OfflinePushInfo(Title="default"))
+    assert defaulted.api_body() == {"TaskId": "t1", "OfflinePushInfo": {"Title": "default"}}
+
+
+@pytest.mark.parametrize("info", NON_EMPTY_OVERWRITES, ids=repr)
+def test_an_overwrite_with_any_value_is_kept_and_sent(info: dict[str, Any]) -> None:
+    request = parse_request(body({"TaskId": "t1", "OfflinePushInfo": info}))
+    assert request.offline_push_info is not None
+    assert not request.offline_push_info.is_empty()
+    defaulted = request.with_default_overwrite(OfflinePushInfo(Title="default"))
+    sent = defaulted.api_body()["OfflinePushInfo"]
+    assert sent == {k: v for k, v in info.items() if v is not None}
+
+
+def test_an_empty_default_is_no_default() -> None:
+    request = parse_request(body({"TaskId": "t1"}))
+    for empty in (
+        OfflinePushInfo(),
+        OfflinePushInfo(Title=None),
+        OfflinePushInfo.model_validate({"X": None}),
+    ):
+        assert request.with_default_overwrite(empty).api_body() == {"TaskId": "t1"}
+
+
+def test_emptiness_of_a_deep_overwrite_has_no_recursion_limit() -> None:
+    deep: Any = None
+    for _ in range(5000):
+        deep = {"a": [deep]}
+    assert OfflinePushInfo.model_validate({"X": deep}).is_empty()
+    deep_value: Any = "v"
+    for _ in range(5000):
+        deep_value = [deep_value]
+    assert not OfflinePushInfo.model_validate({"X": deep_value}).is_empty()
 
 
 def test_json_schema_forbids_extras_and_requires_task_id() -> None:
