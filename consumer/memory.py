@@ -1,37 +1,65 @@
-"""What was settled in the last 24 hours: the memory that keeps calls from being wasted."""
+"""What was settled in the last 24 hours: the memory that keeps calls from being wasted.
+
+Bounded by time (24 h) and by count (`max_entries`). When full, the least useful entry goes
+first, by rank, oldest first within a rank:
+
+1. `told_local`: lineages told after a local refusal (duplicates, invalid bodies): no call was
+   made, forgetting one costs at most a second local refusal and results event;
+2. `expired_local`: TaskIds refused locally as past their window: the expiry check usually
+   refuses them again by itself;
+3. `told`: lineages told after an API answer: a redelivery of that chain could call again;
+4. `expired`: TaskIds the API answered 90052: a second request would cost a call;
+5. `recalled`: TaskIds recalled: a second request would cost a call and answer 90050.
+
+Only local refusals can come faster than the API's 1 call/s, so a flood of them evicts its own
+kind and never a recalled TaskId while a refusal is left.
+"""
 
 from __future__ import annotations
+
+from collections import deque
 
 from schemas.events import ResultEvent
 
 RECALL_WINDOW_S = 24 * 3600.0
+DEFAULT_MAX_ENTRIES = 500_000
+# Measured by bench/memory_flood.py (CPython 3.11, 64-bit): dict slot, key and time objects and
+# the order deque, for a memory of a million entries.
+BYTES_PER_ENTRY = 130
+RANKS = ("told_local", "expired_local", "told", "expired", "recalled")  # evicted first to last
 
 
 class _Window:
-    """Keys with a time, oldest first, forgotten once older than the window.
+    """Keys with a time, oldest first, forgotten once older than the window or evicted.
 
-    At the API's 1 call/s a day holds up to 86,400 keys: each is kept as its 64-bit hash, not
-    as the string (about 90 bytes an entry instead of 200). Two TaskIds sharing a hash within
-    a day, about 1 in 5 * 10^9 at that rate, would suppress one recall as a duplicate.
+    Each key is kept as its 64-bit hash, not as the string. Two TaskIds sharing a hash within
+    a day, about 1 in 5 * 10^9 at 1 call/s, would suppress one recall as a duplicate. The
+    order is a deque beside the dict: popping a dict's first key again and again is quadratic.
     """
 
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
-        self._at: dict[int, float] = {}  # insertion order: roughly oldest first
+        self._at: dict[int, float] = {}
+        self._order: deque[int] = deque()  # insertion order: roughly oldest first
 
     def __len__(self) -> int:
         return len(self._at)
 
-    def add(self, key: str, at: float, now: float) -> None:
+    def add(self, key: str, at: float, now: float) -> bool:
+        """Note `key` at `at`; True if it is a new entry."""
         if at < now - self._window_s:
-            return
+            return False
         h = hash(key)
         known = self._at.get(h)
-        if known is None or at < known:
-            # A new key goes to the end; an earlier time for a known key keeps its place, so
-            # `prune` may keep it a little longer than the window (lookups check the time).
+        if known is None:
+            self._at[h] = at
+            self._order.append(h)
+        elif at < known:
+            # An earlier time for a known key keeps its place, so `prune` may keep it a little
+            # longer than the window (lookups check the time).
             self._at[h] = at
         self.prune(now)
+        return known is None
 
     def get(self, key: str, now: float) -> float | None:
         at = self._at.get(hash(key))
@@ -39,69 +67,100 @@ class _Window:
 
     def prune(self, now: float) -> None:
         horizon = now - self._window_s
-        while self._at:
-            h = next(iter(self._at))
-            if self._at[h] >= horizon:
-                break
-            del self._at[h]
+        while self._order and self._at[self._order[0]] < horizon:
+            del self._at[self._order.popleft()]
+
+    def evict_oldest(self) -> None:
+        del self._at[self._order.popleft()]
 
     def clear(self) -> None:
         self._at.clear()
+        self._order.clear()
 
 
 class RecallMemory:
-    """What was settled in the last 24 hours: TaskIds recalled, message_ids told; bounded."""
+    """TaskIds recalled or expired, lineages told, in the last 24 hours; at most `max_entries`."""
 
-    def __init__(self, window_s: float = RECALL_WINDOW_S) -> None:
-        self._recalled = _Window(window_s)
-        self._expired = _Window(window_s)
-        self._told = _Window(window_s)
+    def __init__(
+        self, window_s: float = RECALL_WINDOW_S, *, max_entries: int = DEFAULT_MAX_ENTRIES
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._ranks = {rank: _Window(window_s) for rank in RANKS}
+        self.evicted: dict[str, int] = dict.fromkeys(RANKS, 0)  # since start, for a metric
 
     def __len__(self) -> int:
-        return len(self._recalled)
+        return sum(len(w) for w in self._ranks.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, per rank."""
+        return {rank: len(w) for rank, w in self._ranks.items()}
+
+    def approx_bytes(self) -> int:
+        """An estimate of the memory the entries take."""
+        return len(self) * BYTES_PER_ENTRY
+
+    def _add(self, rank: str, key: str, at: float, now: float) -> None:
+        if self._ranks[rank].add(key, at, now):
+            self._bound()
+
+    def _bound(self) -> None:
+        excess = len(self) - self.max_entries
+        for rank in RANKS:
+            window = self._ranks[rank]
+            while excess > 0 and len(window):
+                window.evict_oldest()
+                self.evicted[rank] += 1
+                excess -= 1
 
     def remember(self, task_id: str, recalled_at: float, now: float) -> None:
         """Note that `task_id` was recalled at `recalled_at` (unix seconds)."""
-        self._recalled.add(task_id, recalled_at, now)
+        self._add("recalled", task_id, recalled_at, now)
 
     def recalled_at(self, task_id: str, now: float) -> float | None:
         """When `task_id` was recalled, if within the window."""
-        return self._recalled.get(task_id, now)
+        return self._ranks["recalled"].get(task_id, now)
 
-    def remember_expired(self, task_id: str, answered_at: float, now: float) -> None:
-        """Note that `task_id` was answered 90052 (its window closed) at `answered_at`."""
-        self._expired.add(task_id, answered_at, now)
+    def remember_expired(
+        self, task_id: str, answered_at: float, now: float, *, local: bool = False
+    ) -> None:
+        """Note that `task_id` was answered 90052 (its window closed), by the API or locally."""
+        self._add("expired_local" if local else "expired", task_id, answered_at, now)
 
     def expired_at(self, task_id: str, now: float) -> float | None:
         """When `task_id` was answered 90052, if within the window."""
-        return self._expired.get(task_id, now)
+        found = (self._ranks[r].get(task_id, now) for r in ("expired", "expired_local"))
+        return next((at for at in found if at is not None), None)
 
-    def remember_told(self, message_id: str, settled_at: float, now: float) -> None:
-        """Note that the request with `message_id` was settled and its result told."""
-        self._told.add(message_id, settled_at, now)
+    def remember_told(
+        self, lineage: str, settled_at: float, now: float, *, local: bool = False
+    ) -> None:
+        """Note that the request of `lineage` was settled and its result told."""
+        self._add("told_local" if local else "told", lineage, settled_at, now)
 
-    def was_told(self, message_id: str, now: float) -> bool:
-        """Whether the request with `message_id` was settled and told within the window."""
-        return self._told.get(message_id, now) is not None
+    def was_told(self, lineage: str, now: float) -> bool:
+        """Whether the request of `lineage` was settled and told within the window."""
+        return any(self._ranks[r].get(lineage, now) is not None for r in ("told", "told_local"))
 
     def prune(self, now: float) -> None:
         """Forget what fell out of the window."""
-        self._recalled.prune(now)
-        self._expired.prune(now)
-        self._told.prune(now)
+        for window in self._ranks.values():
+            window.prune(now)
 
     def clear(self) -> None:
-        """Forget everything (before a rebuild)."""
-        self._recalled.clear()
-        self._expired.clear()
-        self._told.clear()
+        """Forget everything (before a rebuild); the eviction counts stay."""
+        for window in self._ranks.values():
+            window.clear()
 
     def remember_event(self, event: ResultEvent, now: float) -> None:
-        """What a told event means for later requests: a recalled TaskId, a told message."""
+        """What a told event means for later requests: a recalled or expired TaskId, a lineage."""
         at = event.settled_at.timestamp()
-        if event.outcome == "recalled" and event.task_id is not None:
-            self.remember(event.task_id, at, now)
-        if event.error_code == 90052 and event.task_id is not None:
-            self.remember_expired(event.task_id, at, now)
+        local = event.source == "local"
+        if event.task_id is not None:
+            if event.outcome == "recalled":
+                self.remember(event.task_id, at, now)
+            elif event.error_code == 90052:
+                self.remember_expired(event.task_id, at, now, local=local)
         if event.lineage is not None:
-            self.remember_told(event.lineage, at, now)
+            self.remember_told(event.lineage, at, now, local=local)
