@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC
@@ -23,6 +24,7 @@ from schemas.events import (
     H_LINEAGE,
     H_MAY_HAVE_REACHED,
     H_RELEASES,
+    H_TRACEPARENT,
     RECALL_ERROR_HEADERS,
 )
 
@@ -51,6 +53,10 @@ class Envelope:
     halts: int = 0  # its call halted a worker
     published_at: float | None = None  # the AMQP timestamp, when plausible
     fingerprint: str = ""  # identifies an unstamped message between its redeliveries
+    trace_id: str | None = None  # from a valid W3C `traceparent` header
+    trace_problem: str | None = None  # why a `traceparent` that was there is ignored
+    reply_to: str | None = None  # a valid queue name to send the results event to
+    reply_problem: str | None = None  # why a `reply_to` that was there is ignored
 
     @property
     def generation(self) -> str:
@@ -120,7 +126,32 @@ def read_envelope(message: AbstractIncomingMessage, now: float) -> Envelope:
         halts=max(0, _int(headers.get(H_HALTS)) or 0),
         published_at=published_at(message, now),
         fingerprint=fingerprint(message),
+        **_trace(headers.get(H_TRACEPARENT)),
+        **_reply_to(message.reply_to),
     )
+
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def _trace(value: Any) -> dict[str, str]:
+    """The trace id of a W3C traceparent (version 00 or later), or why it is ignored."""
+    if value is None:
+        return {}
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    match = _TRACEPARENT.match(text.strip()) if isinstance(text, str) else None
+    if match is None or match[1] == "ff" or set(match[2]) == {"0"} or set(match[3]) == {"0"}:
+        return {"trace_problem": "traceparent is not a W3C trace context"}
+    return {"trace_id": match[2]}
+
+
+def _reply_to(value: str | None) -> dict[str, str]:
+    """A reply_to usable as a queue name (1 to 255 bytes), or why it is ignored."""
+    if not value:
+        return {}
+    if len(value.encode()) > 255 or any(ord(c) < 32 for c in value):
+        return {"reply_problem": "reply_to is not a valid queue name"}
+    return {"reply_to": value}
 
 
 def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

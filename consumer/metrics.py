@@ -91,6 +91,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.replies = Counter(
+            "tim_recall_replies",
+            "Results events sent to a request's reply_to, by result (sent, unroutable, failed).",
+            ["result"],
+            registry=r,
+        )
         self.delivery_failures = Counter(
             "tim_recall_delivery_failures",
             "Deliveries whose handling raised unexpectedly (released once, then dead-lettered).",
@@ -116,6 +122,8 @@ class Metrics:
             self.retries.labels(reason)
         for reason in RELEASE_REASONS:
             self.releases.labels(reason)
+        for result in ("sent", "unroutable", "failed"):
+            self.replies.labels(result)
         local = [("90001", "local"), ("90050", "local"), ("90052", "local")]
         api = [(str(c), "api") for c in (90049, 90050, 90052, 90053, 90001)]
         for dl_code, source in local + api:

@@ -33,6 +33,7 @@ SETTLE_ERRORS = (
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s on a live connection
 # A stalled link gives no confirm at all: a step that hangs this long is treated as failed.
 STEP_TIMEOUT_S = 15.0
+REPLY_TIMEOUT_S = 5.0  # a reply is a courtesy: it never holds a settlement up for long
 JOURNAL_SIZE = 1024  # lineages whose settlement is under way; one is in hand at a time
 
 
@@ -42,6 +43,7 @@ class Step(StrEnum):
     DEAD_LETTER = "dead_letter"
     COPY = "copy"  # the request again at the queue's tail: stamp, re-publish or release
     RESULT_EVENT = "result_event"
+    REPLY = "reply"  # the results event to the request's reply_to, when it has one
     ACK = "ack"
 
 
@@ -74,6 +76,7 @@ def result_event(
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         lineage=envelope.lineage,
+        trace_id=envelope.trace_id,
         first_seen=datetime.fromtimestamp(envelope.first_seen, UTC),
         settled_at=datetime.fromtimestamp(now, UTC),
         has_offline_push_info=verdict.has_offline_push_info,
@@ -156,12 +159,14 @@ class Settler:
         clock: Callable[[], float],
         *,
         on_told: Callable[[ResultEvent], None] = lambda _: None,
+        on_reply: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
         self._topology = topology
         self._clock = clock
         self._on_told = on_told
+        self._on_reply = on_reply
 
     async def settle(
         self,
@@ -203,6 +208,10 @@ class Settler:
             news = result_message(progress.event)
             stream = self._topology.results_stream
             steps.append((Step.RESULT_EVENT, lambda: self._publish(news, stream, log)))
+            if envelope.reply_to is not None:
+                reply = result_message(progress.event)
+                to = envelope.reply_to
+                steps.append((Step.REPLY, lambda: self._reply(reply, to, log)))
         steps.append((Step.ACK, message.ack))
         for name, step in steps:
             if name in progress.done:
@@ -261,6 +270,25 @@ class Settler:
         log.error("settle_failed", step=name.value, tries=STEP_TRIES)
         await self.give_back(message, log)
         return False
+
+    async def _reply(
+        self, message: aio_pika.Message, reply_to: str, log: FilteringBoundLogger
+    ) -> None:
+        """Send the results event to the caller's queue; never blocks or changes the settlement
+        (the stream is the record): a reply nobody can receive is logged and counted."""
+        try:
+            await asyncio.wait_for(
+                publish_confirmed(self._publisher, message, reply_to), REPLY_TIMEOUT_S
+            )
+        except DeliveryError:
+            self._on_reply("unroutable")
+            log.warning("reply_unroutable", reply_to=reply_to)
+            return
+        except SETTLE_ERRORS as exc:
+            self._on_reply("failed")
+            log.warning("reply_failed", reply_to=reply_to, error=type(exc).__name__)
+            return
+        self._on_reply("sent")
 
     async def _publish(
         self, message: aio_pika.Message, routing_key: str, log: FilteringBoundLogger

@@ -11,14 +11,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from typing import Any
 
-import aio_pika
-import aiormq
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from structlog.typing import FilteringBoundLogger
 
+from consumer.broker import connect
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, read_envelope
+from consumer.errors import BrokerUnavailable
 from consumer.fence import silent_for
 from consumer.halt import HaltProbe
 from consumer.memory import RecallMemory
@@ -36,14 +36,6 @@ from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
 CANCEL_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 10.0
-# Failures to reach a node that another try (or another node) may cure.
-RETRYABLE_CONNECT = (
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-    aiormq.exceptions.AMQPConnectionError,
-)
 
 
 @dataclass(frozen=True)
@@ -173,7 +165,12 @@ class Worker:
             await declare(connection, topology)
             publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._settler = Settler(
-                connection, publisher, topology, self._clock, on_told=self._remember
+                connection,
+                publisher,
+                topology,
+                self._clock,
+                on_told=self._remember,
+                on_reply=lambda result: self.metrics.replies.labels(result).inc(),
             )
             consumer_channel = await connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)
@@ -210,12 +207,13 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 return await connect_first(
-                    urls, self._open, start=start, retry_on=RETRYABLE_CONNECT
+                    urls, self._open, start=start, retry_on=(BrokerUnavailable,)
                 )
             except NoNodeReachable as exc:
                 self._log.warning(
                     "broker_unreachable",
-                    nodes=[f"{f.node}: {f.reason}" for f in exc.failures],
+                    reason=str(exc),
+                    nodes=[f.node for f in exc.failures],
                     retry_in_s=wait,
                 )
             await sleep_unless_set(self._stopping, wait)
@@ -223,9 +221,9 @@ class Worker:
         return None
 
     async def _open(self, url: str) -> AbstractConnection:
-        return await aio_pika.connect(
-            url, client_properties={"connection_name": "tim-recall"}, timeout=CONNECT_TIMEOUT_S
-        )
+        # A refused login or a certificate that does not verify is a ConfigurationError, raised
+        # through: `tim-recall run` exits 2 with one line instead of retrying forever.
+        return await connect(url, client_properties={"connection_name": "tim-recall"})
 
     async def _start_consuming(self) -> None:
         assert self._queue is not None
@@ -276,6 +274,11 @@ class Worker:
                 correlation_id=message.correlation_id,
                 lineage=envelope.lineage,
             )
+            if envelope.trace_id is not None:
+                log = log.bind(trace_id=envelope.trace_id)
+            for problem in (envelope.trace_problem, envelope.reply_problem):
+                if problem is not None:  # ignored, never a reason to lose the request
+                    log.warning("request_property_ignored", problem=problem)
             # The journal is keyed on this copy, not the lineage: a re-published copy of the
             # same lineage is a delivery of its own and must not be taken for the one it replaced.
             delivery = Delivery(message, envelope.generation, log, started, self._epoch)

@@ -21,6 +21,9 @@ H_DEAD_LETTERED_AT = "x-recall-dead-lettered-at"  # unix seconds (int)
 H_LINEAGE = "x-recall-lineage"
 H_RELEASES = "x-recall-releases"  # times handed back with no call (shutdown, halt)
 H_FAILURES = "x-recall-failures"  # times its handling raised unexpectedly
+H_TRACEPARENT = (
+    "traceparent"  # W3C trace context, as OpenTelemetry's messaging conventions carry it
+)
 H_HALTS = "x-recall-halts"  # times its call halted the worker (handed back, not settled)
 RECALL_ERROR_HEADERS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT)
 
@@ -47,6 +50,10 @@ class ResultEvent(BaseModel):
     attempts: int = Field(ge=0, description="API calls made for this request, across deliveries.")
     message_id: str | None = None
     correlation_id: str | None = None
+    trace_id: str | None = Field(
+        default=None,
+        description="The W3C trace id of the request's `traceparent` header, when it had one.",
+    )
     lineage: str | None = Field(
         default=None,
         description="The delivery chain this event settles (x-recall-lineage): a replayed or "

@@ -126,3 +126,27 @@ def test_envelope_is_immutable_values() -> None:
     )
     assert e.with_call_sent().may_have_reached
     assert not e.may_have_reached
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "trace_id"),
+    [
+        (
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        (
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # all-zero: invalid
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # version ff: invalid
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # must be lowercase
+        ("garbage", None),
+        (42, None),
+    ],
+)
+def test_traceparent(traceparent: Any, trace_id: str | None) -> None:
+    e = read_envelope(delivery(headers={"traceparent": traceparent}), NOW)
+    assert e.trace_id == trace_id
+    assert (e.trace_problem is None) is (trace_id is not None)

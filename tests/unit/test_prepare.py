@@ -99,7 +99,7 @@ def test_a_told_dead_letter_chain_is_settled_but_a_replay_of_it_is_called() -> N
     replay = prepare(request(), now - 10, memory, rules, now, lineage="L-replay")
     assert isinstance(told, AlreadySettled)
     assert isinstance(replay, Proceed)
-    assert replay.request.offline_push_info is not None
+    assert replay.request.sent_offline_push_info is not None
 
 
 def test_a_task_answered_90052_is_refused_locally_within_the_window() -> None:
