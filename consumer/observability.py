@@ -1,16 +1,29 @@
-"""Logging set-up: structlog, JSON lines (console on a TTY), every event scrubbed of secrets."""
+"""Logging set-up: one stream on stderr, JSON lines (console on a TTY), every line scrubbed.
+
+structlog's events and the standard library's records (aiormq, aio_pika, asyncio, uvicorn,
+httpx, warnings, uncaught exceptions) all end in one root handler whose `ProcessorFormatter`
+gives them the same shape (event, level, logger, timestamp, exception) and passes them through
+the same `ScrubSecrets`.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from consumer.redact import Redactor
+
+# httpx logs every request URL at INFO, and the URL carries the UserSig; httpcore's DEBUG lines
+# describe the same traffic. Never below WARNING, whatever the level.
+QUIET_LIBRARIES = ("httpx", "httpcore")
+LOGGER = "tim_recall.logging"  # the logger of the events this module writes itself
 
 
 class ScrubSecrets:
@@ -27,6 +40,8 @@ class ScrubSecrets:
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             return self._redact(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, MutableMapping):
             return {k: self._scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -35,36 +50,137 @@ class ScrubSecrets:
             return [self._scrub(v) for v in value]
         if isinstance(value, BaseException):
             return self._redact(f"{type(value).__name__}: {value}")
-        return value
+        # Anything else is rendered by its repr (as the JSON renderer would): scrub that, as a
+        # URL object or a connection's repr can carry a password.
+        return self._redact(repr(value))
 
 
-def shared_processors(redactor: Redactor) -> list[Processor]:
-    """The processors every event passes, before rendering (also used by tests)."""
+def _context() -> list[Processor]:
+    """Fields every line gets, whether structlog or a library wrote it."""
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        ScrubSecrets(redactor),
     ]
 
 
-def configure_logging(redactor: Redactor, *, log_format: str = "auto", level: str = "info") -> None:
-    """Configure structlog once for the process."""
-    use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+def line_formatter(redactor: Redactor, *, console: bool) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of the one handler: tracebacks to an `exception` field, scrubbed, rendered."""
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_context(),
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # A library record's exc_info becomes a string field here, never text after the line.
+            structlog.processors.format_exc_info,
+            ScrubSecrets(redactor),
+            renderer,
+        ],
+    )
+
+
+class _OneStreamHandler(logging.StreamHandler[TextIO]):
+    """The root handler: a record it cannot format becomes an event, not a printed traceback."""
+
+    _failing = threading.local()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if getattr(self._failing, "active", False):
+            return  # the event about the failure failed too: drop it rather than loop
+        self._failing.active = True
+        try:
+            structlog.get_logger(LOGGER).error(
+                "log_record_unformattable",
+                record_logger=record.name,
+                record_level=record.levelname,
+                template=str(record.msg)[:500],
+                error=f"{type(error).__name__}: {error}" if error else None,
+            )
+        finally:
+            self._failing.active = False
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    # A crash (a bug: expected failures are handled by the CLI) as one event, not a traceback.
+    structlog.get_logger(LOGGER).critical("uncaught_exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as the default hook: a thread's SystemExit is silent
+    structlog.get_logger(LOGGER).critical(
+        "uncaught_exception",
+        thread=args.thread.name if args.thread else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    # "Exception ignored in: …": a __del__, a callback or a generator's close that raised.
+    structlog.get_logger(LOGGER).error(
+        "unraisable_exception",
+        where=unraisable.err_msg or "Exception ignored in",
+        object=repr(unraisable.object),
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+    )
+
+
+def _replace_handlers(root: logging.Logger, handler: logging.Handler) -> None:
+    """Ours replaces any earlier one of ours, and any plain handler on stderr (basicConfig's)."""
+    for old in list(root.handlers):
+        plain = type(old) is logging.StreamHandler and old.stream in (
+            sys.stderr,
+            sys.__stderr__,
+            sys.stdout,
+            sys.__stdout__,
+        )
+        if isinstance(old, _OneStreamHandler) or plain:
+            root.removeHandler(old)
+    root.addHandler(handler)
+
+
+def configure_logging(
+    redactor: Redactor,
+    *,
+    log_format: str = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+) -> None:
+    """Send structlog and every library's logging to one scrubbed stream (stderr by default).
+
+    Idempotent: a second call replaces the first's handler and settings.
+    """
+    out = sys.stderr if stream is None else stream
+    console = log_format == "console" or (log_format == "auto" and out.isatty())
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+
+    handler = _OneStreamHandler(out)
+    handler.setFormatter(line_formatter(redactor, console=console))
+    # On the handler too: a library logger with its own lower level still stops here.
+    handler.setLevel(threshold)
+    root = logging.getLogger()
+    _replace_handlers(root, handler)
+    root.setLevel(threshold)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, threshold))
+    logging.captureWarnings(True)  # warnings.warn(...) as records of "py.warnings"
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    sys.unraisablehook = _log_unraisable
+
     structlog.configure(
-        processors=[*shared_processors(redactor), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[
+            *_context(),
+            structlog.processors.format_exc_info,  # while the exception is still current
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    # Libraries log through the standard library. httpx logs every request URL at INFO, and the
-    # URL carries the UserSig: keep it, and everything else but warnings, quiet.
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
-    )
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)

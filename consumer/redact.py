@@ -1,4 +1,4 @@
-"""Remove secrets from text: the SecretKey, any UserSig, any `usersig=` query value."""
+"""Remove secrets from text: the SecretKey, any UserSig, any `usersig=` value, URL passwords."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import re
 
 REDACTED = "[redacted]"
 _USERSIG_QUERY = re.compile(r"(usersig=)[^&\s'\"]*", re.IGNORECASE)
+# The password of any scheme://user:password@host (the AMQP URL, one of a list, as a library
+# prints it): the whole RECALL_AMQP_URL as a secret would not match one URL of a list.
+_URL_PASSWORD = re.compile(
+    r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"]*:)[^\s/?#@'\"]+@"
+)
 # A UserSig is zlib-compressed JSON in Tencent's base64: it starts with a zlib header, 0x78 then
 # 0x01/0x5e/0x9c/0xda by compression level ("eA", "eF", "eJ", "eN"), and is long.
 _USERSIG_TOKEN = re.compile(r"(?<![A-Za-z0-9])e[AFJN][A-Za-z0-9*\-_+/=]{40,}")
@@ -27,6 +32,8 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         text = _USERSIG_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+        if "@" in text:
+            text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
         return _USERSIG_TOKEN.sub(REDACTED, text)
 
 
