@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     default_offline_push_info: OfflinePushInfo | None = Field(
         default=None, validation_alias=_env("RECALL_DEFAULT_OFFLINE_PUSH_INFO")
     )
+    # The 24-hour memory (consumer/memory.py): its ceiling, and the takeover rebuild's budget
+    memory_max_entries: int = Field(
+        default=500_000, validation_alias=_env("RECALL_MEMORY_MAX_ENTRIES"), ge=1000
+    )
+    rebuild_budget_s: float = Field(
+        default=60.0, validation_alias=_env("RECALL_REBUILD_BUDGET_S"), gt=0
+    )
 
     # Operations
     http_host: str = Field(default="0.0.0.0", validation_alias=_env("RECALL_HTTP_HOST"))

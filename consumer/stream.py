@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 import aio_pika
+import aiormq.exceptions
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
 from schemas.events import ResultEvent
@@ -54,15 +57,17 @@ async def read_results(
     """Yield results events from `offset`: up to now (a marker we write), or forever with `follow`.
 
     A stream has no end-of-data signal in AMQP 0.9.1, so the reader appends a marker first and
-    stops when it reads it back: every event published before the call is then seen.
+    stops when it reads it back: every event published before the call is then seen. If the
+    stream takes no marker (its leader is down, a nack, no confirm in `idle_timeout`), reading
+    must not depend on it: the reader then stops after `idle_timeout` with nothing new.
     """
     channel = await connection.channel(publisher_confirms=True)
+    marker: str | None = None
     try:
-        marker = str(uuid.uuid4())
         if not follow:
-            await channel.default_exchange.publish(
-                aio_pika.Message(b"{}", type=MARKER_TYPE, message_id=marker), routing_key=stream
-            )
+            marker = await write_marker(channel, stream, idle_timeout)
+            if marker is None and channel.is_closed:
+                channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.get_queue(stream, ensure=False)
         async with queue.iterator(arguments={"x-stream-offset": offset}) as messages:
@@ -74,6 +79,8 @@ async def read_results(
                 except TimeoutError:
                     if follow:
                         continue
+                    if marker is None:
+                        return  # no marker to wait for: idle means up to date
                     raise TimeoutError(
                         f"no marker back from stream {stream!r} in {idle_timeout} s"
                     ) from None
@@ -86,6 +93,22 @@ async def read_results(
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+async def write_marker(channel: AbstractChannel, stream: str, wait_s: float) -> str | None:
+    """Append a marker (confirmed); its id, or None when the stream does not take it."""
+    marker = str(uuid.uuid4())
+    message = aio_pika.Message(b"{}", type=MARKER_TYPE, message_id=marker)
+    try:
+        await asyncio.wait_for(
+            channel.default_exchange.publish(message, routing_key=stream), wait_s
+        )
+    except (aiormq.exceptions.AMQPError, ChannelInvalidStateError, TimeoutError) as exc:
+        structlog.get_logger().warning(
+            "results_marker_unwritable", stream=stream, error=type(exc).__name__
+        )
+        return None
+    return marker
 
 
 async def publish_confirmed(
