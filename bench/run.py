@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import load, paced, report, waste
+from bench import load, memory_flood, paced, report, waste
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
@@ -80,6 +80,9 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
         "overhead and memory", lambda: load.overhead(workdir)
     )
     results["waste"] = await clock.time("waste", lambda: waste.waste(workdir))
+    results["memory_flood"] = await clock.time(
+        "memory flood", lambda: memory_flood.memory_flood(workdir)
+    )
     # The paced runs make 1 or 2 calls/s each: the worker's and the baseline's pacing and
     # failover runs go side by side, each with its own sandbox (its own rate limiter) and queue.
     paced_runs = await clock.time(
