@@ -87,6 +87,10 @@ class _OneStreamHandler(logging.StreamHandler[TextIO]):
 
     _failing = threading.local()
 
+    def __init__(self, stream: TextIO, *, json_lines: bool) -> None:
+        super().__init__(stream)
+        self.json_lines = json_lines
+
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
         if getattr(self._failing, "active", False):
@@ -160,7 +164,7 @@ def configure_logging(
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     threshold = logging.getLevelNamesMapping()[level.upper()]
 
-    handler = _OneStreamHandler(out)
+    handler = _OneStreamHandler(out, json_lines=not console)
     handler.setFormatter(line_formatter(redactor, console=console))
     # On the handler too: a library logger with its own lower level still stops here.
     handler.setLevel(threshold)
@@ -183,4 +187,12 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
+    )
+
+
+def json_lines() -> bool:
+    """True once `configure_logging` writes JSON lines: a message for the operator (the CLI's
+    one line before exiting) must then be an event too, or the stream is no longer JSON."""
+    return any(
+        isinstance(h, _OneStreamHandler) and h.json_lines for h in logging.getLogger().handlers
     )

@@ -294,6 +294,21 @@ class WorkerProcess:
     async def exit_code(self, timeout: float = 30.0) -> int:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
+    def assert_json_lines(self) -> None:
+        """Every complete non-empty line of the log is one JSON object (RECALL_LOG_FORMAT=json)."""
+        # What follows the last newline may be a line cut short by a SIGKILL: not counted.
+        for number, line in enumerate(self.log().split("\n")[:-1], 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                raise AssertionError(
+                    f"{self.log_path.name} line {number} is not a JSON object: {line[:500]!r}"
+                )
+
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
 
@@ -343,6 +358,8 @@ async def spawn_worker(
             if child.process.returncode is None:
                 child.process.kill()
                 await child.process.wait()
+    for child in children:  # one log stream: library records, crashes and all (issue 10)
+        child.assert_json_lines()
 
 
 async def active_replica(*workers: WorkerProcess, timeout: float = 15.0) -> WorkerProcess:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import structlog
 
-from consumer.observability import QUIET_LIBRARIES, configure_logging
+from consumer.observability import QUIET_LIBRARIES, configure_logging, json_lines
 from consumer.redact import REDACTED, Redactor
 from consumer.serving import serve_app
 
@@ -270,3 +270,10 @@ async def test_uvicorn_records_come_out_as_json_lines(configure: Configure) -> N
     assert docs, out.getvalue()
     assert any("RuntimeError" in d.get("exception", "") for d in docs)
     assert SECRET not in out.getvalue()
+
+
+def test_json_lines_says_whether_the_stream_is_json(configure: Configure) -> None:
+    configure(stream=_Terminal(), log_format="auto")
+    assert not json_lines()
+    configure(log_format="json")
+    assert json_lines()
