@@ -13,6 +13,7 @@ import structlog
 from consumer.client import RevokeClient, make_http_client
 from consumer.fence import fence_after_s, heartbeat_of, with_heartbeat
 from consumer.health import health_app
+from consumer.memory import RecallMemory
 from consumer.metrics import Metrics
 from consumer.nodes import split_urls
 from consumer.pacing import Pacer
@@ -49,6 +50,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_body_bytes=settings.max_body_bytes,
         halt_probe_initial_s=settings.halt_probe_initial_s,
         halt_probe_max_s=settings.halt_probe_max_s,
+        rebuild_budget_s=settings.rebuild_budget_s,
     )
 
 
@@ -76,6 +78,7 @@ def build_worker(
         client,
         Pacer(settings.interval_s),
         metrics or Metrics(),
+        memory=RecallMemory(max_entries=settings.memory_max_entries),
         on_settled=on_settled,
     )
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from consumer.memory import RecallMemory
 from schemas.api import ErrorCode
 
 CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -135,3 +140,32 @@ class Metrics:
             self.broker_node.labels(self._node).set(0)
         self.broker_node.labels(node).set(1)
         self._node = node
+
+    def watch_memory(self, memory: RecallMemory) -> None:
+        """Export the 24-hour memory's size and evictions, by rank, read at each scrape."""
+        self.registry.register(_MemoryCollector(memory))
+
+
+class _MemoryCollector(Collector):
+    """tim_recall_memory_entries{rank} and tim_recall_memory_evictions_total{rank}."""
+
+    def __init__(self, memory: RecallMemory) -> None:
+        self._memory = memory
+
+    def collect(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(
+            "tim_recall_memory_entries",
+            "Entries in the 24-hour memory, by rank (see RECALL_MEMORY_MAX_ENTRIES).",
+            labels=["rank"],
+        )
+        for rank, count in self._memory.sizes().items():
+            entries.add_metric([rank], count)
+        evictions = CounterMetricFamily(
+            "tim_recall_memory_evictions",
+            "Entries evicted by the memory's ceiling before their 24 hours, by rank.",
+            labels=["rank"],
+        )
+        for rank, count in self._memory.evicted.items():
+            evictions.add_metric([rank], count)
+        yield entries
+        yield evictions

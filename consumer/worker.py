@@ -80,7 +80,8 @@ class Worker:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.memory = memory or RecallMemory()
+        self.memory = memory if memory is not None else RecallMemory()  # an empty one is falsy
+        metrics.watch_memory(self.memory)
         self.halted = False
         self._client = client
         self._pacer = pacer

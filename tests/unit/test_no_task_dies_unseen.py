@@ -6,10 +6,12 @@ import asyncio
 from typing import Any
 
 import httpx
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from consumer.halt import HaltProbe
 from consumer.health import health_app
+from consumer.memory import RecallMemory
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer
 from consumer.results import ApiAnswer, ApiResult
@@ -87,3 +89,12 @@ async def test_healthz_is_503_when_a_needed_task_is_gone() -> None:
     answer = await _get(app, "/healthz")
     assert answer.status_code == 503
     assert answer.json() == {"status": "unhealthy", "halt_probe": False}
+
+
+def test_memory_is_exported_by_rank() -> None:
+    metrics, memory = Metrics(), RecallMemory(max_entries=1000)
+    metrics.watch_memory(memory)
+    memory.remember("task-1", 100.0, 100.0)
+    text = generate_latest(metrics.registry).decode()
+    assert 'tim_recall_memory_entries{rank="recalled"} 1.0' in text
+    assert 'tim_recall_memory_evictions_total{rank="told_local"} 0.0' in text
