@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The venv's tools (hadolint, tim-recall) come first on PATH for every recipe and test.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test bench broker install lint typecheck unit clean
+.PHONY: demo test test-rabbitmq4 rabbitmq4 cluster cluster-down bench broker install lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,26 @@ unit: install
 
 test: install broker lint typecheck
 	$(BIN)/pytest
+
+# The integration and fault suites again, against RabbitMQ 4.0.5 (Debian 13's, in a debootstrap
+# tree cached under /var/cache/tim-recall, started as a second node on 127.0.0.1:5680). The
+# broker-restart test stops and starts that node's app, never the host's.
+RABBITMQ4_PORT ?= 5680
+rabbitmq4:
+	@scripts/rabbitmq4.sh start
+
+test-rabbitmq4: install rabbitmq4
+	TEST_AMQP_HOST=127.0.0.1 TEST_AMQP_PORT=$(RABBITMQ4_PORT) \
+	TEST_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+	$(BIN)/pytest tests/integration tests/faults
+
+# A three-node cluster of the host's RabbitMQ on 127.0.0.1:5691-5693 (scripts/cluster.sh);
+# `make cluster-down` removes it. The cluster tests (tests/cluster) start their own.
+cluster:
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
 
 bench: install broker
 	$(BIN)/python -m bench.run

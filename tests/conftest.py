@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 
+import aio_pika
 import pytest
 
 
@@ -25,3 +27,23 @@ def amqp_url() -> str:
     except OSError as exc:
         pytest.fail(f"RabbitMQ is not answering on {host}:{port} ({exc}); run `make broker`")
     return f"amqp://guest:guest@{host}:{port}/"
+
+
+@pytest.fixture(scope="session")
+def broker_version(amqp_url: str) -> tuple[int, ...]:
+    """The tests' RabbitMQ version, e.g. (3, 10, 8) or (4, 0, 5), from a connection's
+    server_properties: for tests whose expectations differ by version (delivery limit and
+    counting, x-death, defaults). `make test` runs on 3.10, `make test-rabbitmq4` on 4.0."""
+
+    async def read() -> str:
+        connection = await aio_pika.connect(amqp_url, timeout=10)
+        try:
+            properties = connection.transport.connection.server_properties
+            return str(properties.get("version", "0"))
+        finally:
+            await connection.close()
+
+    text = asyncio.run(read())
+    return tuple(
+        int(part) for part in text.split("+")[0].split("-")[0].split(".") if part.isdigit()
+    )

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import shlex
 import signal
 import socket
 import time
@@ -296,9 +298,12 @@ def report(test: str, **figures: Any) -> None:
 
 
 async def rabbitmqctl(*args: str, timeout: float = 120.0) -> str:
-    """Run `rabbitmqctl args`; AssertionError with its output when it fails."""
+    """Run `rabbitmqctl args`; AssertionError with its output when it fails. The command is
+    TEST_RABBITMQCTL when set (split like a shell would), e.g. `scripts/rabbitmq4.sh ctl` for
+    the RabbitMQ 4 node of `make test-rabbitmq4`."""
+    command = shlex.split(os.environ.get("TEST_RABBITMQCTL", "rabbitmqctl"))
     process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
+        *command,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
