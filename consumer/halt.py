@@ -59,9 +59,11 @@ class HaltProbe:
             wait = min(wait * 2, self._max_s)
 
     async def _probe_once(self, wait: float) -> bool:
-        async with self._pacer.slot():
+        async with self._pacer.slot() as slot:
             self._client.renew_usersig()  # picks up a fixed key file
             result = await self._client.post(PROBE_BODY)
+            if result_code(result) is not None:  # the server's own answer
+                slot.answered()
         code = result_code(result)
         if probe_passed(result):
             self._log.info("halt_probe_passed", code=code)

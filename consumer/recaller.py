@@ -17,6 +17,7 @@ from consumer.metrics import Metrics
 from consumer.pacing import Pacer, sleep_unless_set
 from consumer.policy import Decision, History, Outcome, classify, may_have_taken_effect
 from consumer.results import ApiAnswer, ApiResult, TransportFailure, result_code
+from schemas.api import ErrorCode
 from schemas.recall import RecallRequest
 
 
@@ -113,13 +114,17 @@ class Recaller:
         """
         if not await self._wait_for_slot():
             return attempts
-        async with self._pacer.slot():
+        async with self._pacer.slot() as slot:
             if not self._may_call():
                 return attempts
             on_send()
             attempts.calls += 1
             started = time.monotonic()
             result = await self._client.revoke(request)
+            if isinstance(result, ApiAnswer):  # no answer: its arrival is unknown
+                slot.answered()
+                if result.code == ErrorCode.RECALL_TOO_FREQUENT:
+                    slot.too_frequent()
         self._metrics.api_call_seconds.observe(time.monotonic() - started)
         self._metrics.api_calls.labels(metric_code(result)).inc()
         decision = classify(result, attempts.history, self._pacer.interval_s)

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
+from consumer.pacing import PacingRule
 from consumer.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
 from schemas.recall import OfflinePushInfo
 
@@ -25,6 +26,7 @@ class Region(StrEnum):
     SILICON_VALLEY = "silicon_valley"
     JAKARTA = "jakarta"
     RIYADH = "riyadh"
+    MUMBAI = "mumbai"
 
 
 REGION_DOMAINS: dict[Region, str] = {
@@ -36,6 +38,7 @@ REGION_DOMAINS: dict[Region, str] = {
     Region.SILICON_VALLEY: "adminapiusa.im.qcloud.com",
     Region.JAKARTA: "adminapiidn.im.qcloud.com",
     Region.RIYADH: "adminapiksa.im.qcloud.com",
+    Region.MUMBAI: "adminapiind.im.qcloud.com",
 }
 
 
@@ -91,6 +94,11 @@ class Settings(BaseSettings):
 
     # Pacing and retries
     interval_s: float = Field(default=1.0, validation_alias=_env("RECALL_INTERVAL_S"), gt=0)
+    # consumer/pacing.py: place a call after the previous send (link-aware) or its answer
+    pacing: PacingRule = Field(default=PacingRule.FINISH, validation_alias=_env("RECALL_PACING"))
+    pacing_margin_s: float = Field(
+        default=0.01, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
+    )
     retry_budget_s: float = Field(
         default=300.0, validation_alias=_env("RECALL_RETRY_BUDGET_S"), gt=0, le=1500
     )

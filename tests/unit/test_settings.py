@@ -41,6 +41,7 @@ def test_defaults() -> None:
         ("silicon_valley", "adminapiusa.im.qcloud.com"),
         ("jakarta", "adminapiidn.im.qcloud.com"),
         ("riyadh", "adminapiksa.im.qcloud.com"),
+        ("mumbai", "adminapiind.im.qcloud.com"),
     ],
 )
 def test_region_domains(monkeypatch: pytest.MonkeyPatch, region: str, domain: str) -> None:
