@@ -35,7 +35,7 @@ def readme_snippet() -> str:
     text = README.read_text()
     section = text.split("### Python producers", 1)[1].split("\n### ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    return block
+    return str(block)
 
 
 async def test_the_readme_snippet_runs_as_written(
