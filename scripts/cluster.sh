@@ -16,6 +16,9 @@
 #   scripts/cluster.sh ctl NODE ARGS… rabbitmqctl -n NODE ARGS…
 #   scripts/cluster.sh queues NODE ARGS…  rabbitmq-queues -n NODE ARGS…
 #
+# CLUSTER_DIR, CLUSTER_BASE_PORT, CLUSTER_BASE_DIST_PORT and CLUSTER_NODE_PREFIX give a second
+# cluster beside this one (the test fixture makes its own so that two test runs never share one);
+# pass the same ones to every call about that cluster.
 # Each node has its own config, env file, mnesia and log directories under $CLUSTER_DIR (default
 # /var/lib/tim-recall/cluster), owned by user rabbitmq: the Debian package runs nodes as that user,
 # and they share its Erlang cookie (/var/lib/rabbitmq/.erlang.cookie) with rabbitmqctl. Needs root.
@@ -26,6 +29,7 @@ DIR=${CLUSTER_DIR:-/var/lib/tim-recall/cluster}
 NODES=(c1 c2 c3)
 BASE_PORT=${CLUSTER_BASE_PORT:-5690}        # c1 listens on BASE_PORT+1, …
 BASE_DIST=${CLUSTER_BASE_DIST_PORT:-25690} # c1's dist port is BASE_DIST+1, …
+PREFIX=${CLUSTER_NODE_PREFIX:-rabbit-}    # node names: ${PREFIX}c1@localhost, …
 COOKIE_HOME=/var/lib/rabbitmq
 RMQ_LIB=/usr/lib/rabbitmq/bin
 
@@ -41,14 +45,14 @@ command -v rabbitmq-server >/dev/null 2>&1 ||
 id rabbitmq >/dev/null 2>&1 || die "there is no user rabbitmq (the Debian package makes it)"
 
 short() { # c1 | 1 | rabbit-c1 | rabbit-c1@localhost -> c1
-  local n=${1#rabbit-}
-  n=${n%@*}
+  local n=${1%@*}
+  n=${n#"$PREFIX"}
   [[ $n =~ ^[0-9]+$ ]] && n=c$n
   [[ " ${NODES[*]} " == *" $n "* ]] || die "no node '$1' (one of: ${NODES[*]})"
   echo "$n"
 }
 index() { echo "${1#c}"; }
-nodename() { echo "rabbit-$1@localhost"; }
+nodename() { echo "$PREFIX$1@localhost"; }
 amqp_port() { echo $((BASE_PORT + $(index "$1"))); }
 dist_port() { echo $((BASE_DIST + $(index "$1"))); }
 pidfile() { echo "$DIR/$1/mnesia/$(nodename "$1").pid"; }
@@ -193,6 +197,7 @@ down() {
     kill -9 "$pid" 2>/dev/null || true
   done
   if [[ -d $DIR ]]; then rm -rf --one-file-system "$DIR"; fi
+  rm -f "$DIR.lock"
   [[ -n $quiet ]] || say "down: nodes stopped, $DIR removed"
 }
 
@@ -220,6 +225,10 @@ kill_node() {
   n=$(short "$1")
   pid=$(vm_pid "$n") || die "$(nodename "$n") is not running"
   kill -9 "$pid"
+  for _ in $(seq 1 50); do # gone (reaped) before we say so
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
   say "killed $(nodename "$n") (pid $pid)"
 }
 
