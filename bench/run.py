@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import load, memory_flood, paced, report, waste
+from bench import link, load, memory_flood, paced, report, waste
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
@@ -99,7 +99,9 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     results["pacing"], results["failover"] = pacing, failover
     results["baseline"] = {"pacing": base_pacing, "failover": base_failover}
     panels = [pacing_panel, base_pacing_panel, failover_panel, base_failover_panel]
-    return results, panels
+    # Both pacing rules behind links of 0 to 300 ms, all eight runs side by side.
+    results["link"], link_panels = await clock.time("links", lambda: link.links(workdir))
+    return results, panels + link_panels
 
 
 async def main() -> None:
