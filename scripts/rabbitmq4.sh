@@ -165,7 +165,7 @@ start() {
   # Detached from this shell: its own session, no inherited stdin/stdout (make and CI wait for
   # their pipes to close), output to a log in the tree.
   setsid chroot --userspec=rabbitmq:rabbitmq "$ROOT" /usr/bin/env -i PATH="$CHROOT_PATH" \
-    HOME=/var/lib/rabbitmq LANG=C.UTF-8 LC_ALL=C.UTF-8 \
+    HOME=/var/lib/rabbitmq LANG=C.UTF-8 LC_ALL=C.UTF-8 ERL_EPMD_ADDRESS=127.0.0.1 \
     /usr/lib/rabbitmq/bin/rabbitmq-server </dev/null >>"$log" 2>&1 9>&- &
   disown
   local waited=0
