@@ -45,7 +45,7 @@ rabbitmq4:
 test-rabbitmq4: install rabbitmq4
 	TEST_AMQP_HOST=127.0.0.1 TEST_AMQP_PORT=$(RABBITMQ4_PORT) \
 	TEST_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
-	$(BIN)/pytest tests/integration tests/faults
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration tests/faults
 
 # A three-node cluster of the host's RabbitMQ on 127.0.0.1:5691-5693 (scripts/cluster.sh);
 # `make cluster-down` removes it. The cluster tests (tests/cluster) start their own.
