@@ -83,6 +83,9 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     results["memory_flood"] = await clock.time(
         "memory flood", lambda: memory_flood.memory_flood(workdir)
     )
+    from bench import dlq  # noqa: PLC0415 (the dead-letter tools on 100,000 dead letters)
+
+    results["dlq"] = await clock.time("dead-letter tools", lambda: dlq.dlq(workdir))
     # The paced runs make 1 or 2 calls/s each: the worker's and the baseline's pacing and
     # failover runs go side by side, each with its own sandbox (its own rate limiter) and queue.
     paced_runs = await clock.time(

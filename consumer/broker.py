@@ -64,16 +64,14 @@ def safe_url(url: str | URL) -> str:
         return "<RECALL_AMQP_URL, unparseable>"
 
 
-def where(url: str | URL | None) -> str:
+def where(url: str | URL) -> str:
     """host:port of an AMQP URL (the scheme's default port when none is given)."""
-    if url is None:
-        return "RabbitMQ"
     try:
         parsed = URL(str(url))
         port = parsed.explicit_port or _DEFAULT_PORTS.get(parsed.scheme, 5672)
         return f"{parsed.host or '?'}:{port}"
     except (ValueError, TypeError):
-        return "RabbitMQ"
+        return "?"
 
 
 def _vhost(url: str | URL | None) -> str:
@@ -106,8 +104,9 @@ def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return str(exc.verify_message)
+    verify_message = getattr(exc, "verify_message", None)  # set by the ssl module, not always
+    if isinstance(exc, ssl.SSLCertVerificationError) and verify_message:
+        return str(verify_message)
     text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else str(exc)
     text = _SSL_NOISE.sub("", text).strip()
     # "certificate verify failed: self-signed certificate" → keep the part after the colon.
@@ -179,7 +178,7 @@ def describe_broker_error(exc: BaseException, url: str | URL | None = None) -> T
 
 
 def _translate(exc: BaseException, url: str | URL | None) -> tuple[type[TimRecallError], str]:
-    at = where(url)
+    at = f" at {where(url)}" if url is not None else ""
     login = _first(exc, aiormq.exceptions.ProbableAuthenticationError) or _first(
         exc, aiormq.exceptions.AuthenticationError
     )
@@ -188,22 +187,22 @@ def _translate(exc: BaseException, url: str | URL | None) -> tuple[type[TimRecal
         if "ACCESS_REFUSED" in text or isinstance(login, aiormq.exceptions.AuthenticationError):
             return ConfigurationError, LOGIN_REFUSED
         return ConfigurationError, (
-            f"RabbitMQ at {at} closed the connection at login, most likely the user or "
+            f"RabbitMQ{at} closed the connection at login, most likely the user or "
             f"password in RECALL_AMQP_URL ({text})"
         )
     cert = _first(exc, ssl.SSLCertVerificationError)
     if isinstance(cert, ssl.SSLError):
         return ConfigurationError, (
-            f"TLS certificate verification failed: {_ssl_reason(cert)} (RabbitMQ at {at}; "
-            "check the host name and the CA, e.g. ?cafile= in RECALL_AMQP_URL)"
+            f"TLS certificate verification failed: {_ssl_reason(cert)} (RabbitMQ{at}; check "
+            "the host name and the CA, e.g. ?cafile= in RECALL_AMQP_URL)"
         )
     tls = _first(exc, ssl.SSLError)
     if isinstance(tls, ssl.SSLError):
-        return BrokerUnavailable, f"cannot reach RabbitMQ at {at}: TLS failed: {_ssl_reason(tls)}"
+        return BrokerUnavailable, f"cannot reach RabbitMQ{at}: TLS failed: {_ssl_reason(tls)}"
     if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
         # The broker answered connection.open with connection.close: the virtual host.
         return ConfigurationError, (
-            f"RabbitMQ at {at} refused to open virtual host {_vhost(url)!r} named in "
+            f"RabbitMQ{at} refused to open virtual host {_vhost(url)!r} named in "
             "RECALL_AMQP_URL (it does not exist, or the user may not use it)"
         )
     refused = _first(exc, aiormq.exceptions.ChannelAccessRefused) or _first(
@@ -214,8 +213,8 @@ def _translate(exc: BaseException, url: str | URL | None) -> tuple[type[TimRecal
             f"RabbitMQ refused the user in RECALL_AMQP_URL access: {_amqp_text(refused)}"
         )
     if isinstance(exc, aiormq.exceptions.ChannelClosed):
-        return BrokerUnavailable, f"RabbitMQ at {at} closed the channel: {_amqp_text(exc)}"
-    return BrokerUnavailable, f"cannot reach RabbitMQ at {at}: {_cause_text(exc)}"
+        return BrokerUnavailable, f"RabbitMQ{at} closed the channel: {_amqp_text(exc)}"
+    return BrokerUnavailable, f"cannot reach RabbitMQ{at}: {_cause_text(exc)}"
 
 
 @overload

@@ -1,44 +1,127 @@
-"""The `tim-recall` command line: run, demo, publish, sandbox, schema, results, dlq."""
+"""The `tim-recall` command line: run, demo, publish, sandbox, schema, results, dlq.
+
+Every expected failure is handled in one place, `Cli.main`: one line `tim-recall: …` on stderr
+and an exit code, never a traceback. 2 for configuration (a setting, a refused login or
+certificate, a queue's arguments) and bad arguments; 1 for the rest (the broker cannot be
+reached, a queue does not exist, the broker refused a message). Only a bug shows a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import logging
+import os
+import ssl
 import sys
-from typing import NoReturn, TextIO
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
 
 import aiormq
 import click
+import structlog
 
 from consumer import publish as publishing
 from consumer.app import run_worker
+from consumer.broker import check, describe_broker_error
 from consumer.demo import run_demo
-from consumer.dlq import DlqError, count_dead_letters, list_dead_letters, matcher, move_dead_letters
-from consumer.observability import configure_logging
+from consumer.dlq import DeadLetter, each_dead_letter, matcher, move_dead_letters
+from consumer.errors import ConfigurationError, TimRecallError
+from consumer.observability import configure_logging, json_lines
 from consumer.redact import Redactor
-from consumer.reports import DLQ_HEADERS, dead_letter_rows, dumps, print_results, table
+from consumer.reports import DLQ_HEADERS, StreamedTable, dead_letter_row, parse_since, print_results
 from consumer.sandbox import SandboxConfig, run_sandbox
 from consumer.settings import Settings, SettingsError, load_settings
-from consumer.topology import TopologyError
 from schemas.events import result_event_json_schema
 from schemas.recall import InvalidRequest, OfflinePushInfo, RecallRequest, request_json_schema
 
-EXIT_USAGE = 2
+PROG = "tim-recall"
+EXIT_FAILURE = 1
+EXIT_CONFIGURATION = 2  # also click's exit code for a usage error
+# Commands that only talk to the broker and print: library logging would only add lines.
+QUIET_LIBRARIES = ("aiormq", "aio_pika")
+TOOLS = ("publish", "results", "dlq")
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one line to stderr and exit."""
-    click.echo(f"tim-recall: {message}", err=True)
-    sys.exit(code)
+def exit_code(error: TimRecallError) -> int:
+    """2 for a configuration error, 1 for anything else we expect."""
+    return EXIT_CONFIGURATION if isinstance(error, ConfigurationError) else EXIT_FAILURE
 
 
-def settings_or_exit() -> Settings:
-    """The settings, or exit 2 with one line naming the bad variable."""
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        fail(str(exc), EXIT_USAGE)
+def expected_error(exc: BaseException) -> TimRecallError | None:
+    """Our error for an exception the CLI expects (ours, or the broker's), else None (a bug)."""
+    if isinstance(exc, TimRecallError):
+        return exc
+    if isinstance(exc, aiormq.exceptions.AMQPError | ssl.SSLError):
+        return describe_broker_error(exc)
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(text: str, code: int) -> None:
+    """The one line: plain text, or one JSON event once logging writes JSON lines on stderr
+    (`run` with RECALL_LOG_FORMAT=json: every line there is a JSON object)."""
+    if json_lines():
+        structlog.get_logger(PROG).error("command_failed", error=_one_line(text), exit_code=code)
+    else:
+        click.echo(f"{PROG}: {_one_line(text)}", err=True)
+
+
+class Cli(click.Group):
+    """The top-level group: every failure of every command is reported here, once."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command; turn what it raises into one line and an exit code."""
+        prog_name = prog_name or PROG
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else prog_name
+            _say(f"{exc.format_message()} (see '{where} -h')", exc.exit_code)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _say(exc.format_message(), exc.exit_code)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _say("interrupted", EXIT_FAILURE)
+            sys.exit(EXIT_FAILURE)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # the reader went away (`| head`): nothing to say
+                _stdout_to_devnull()
+                sys.exit(EXIT_FAILURE)
+            self._fail_or_raise(exc)
+        except Exception as exc:
+            self._fail_or_raise(exc)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    @staticmethod
+    def _fail_or_raise(exc: Exception) -> NoReturn:
+        error = expected_error(exc)
+        if error is None:
+            raise exc
+        _say(str(error), exit_code(error))
+        sys.exit(exit_code(error))
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout went away: no "Exception ignored" when Python flushes it at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def logging_for(settings: Settings) -> None:
@@ -50,43 +133,47 @@ def logging_for(settings: Settings) -> None:
     configure_logging(redactor, log_format=settings.log_format, level=settings.log_level)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def _quiet_libraries(quiet: bool = True) -> None:
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1 if quiet else logging.NOTSET)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """tim-recall: recall mistaken Tencent Cloud Chat pushes from a RabbitMQ queue."""
+    if ctx.invoked_subcommand in TOOLS:
+        _quiet_libraries()
 
 
 @main.command()
 def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
 
-    settings = settings_or_exit()
-    try:
-        settings.require_sdkappid()
-        settings.secret_key()
-    except SettingsError as exc:
-        fail(str(exc), EXIT_USAGE)
+    settings = load_settings()
+    settings.require_sdkappid()
+    settings.secret_key()
     logging_for(settings)
-    try:
-        asyncio.run(run_worker(settings))
-    except TopologyError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except aiormq.exceptions.ProbableAuthenticationError:
-        fail("RabbitMQ refused the user or password in RECALL_AMQP_URL", EXIT_USAGE)
-    except (ConnectionError, OSError) as exc:
-        fail(f"cannot reach RabbitMQ at RECALL_AMQP_URL: {type(exc).__name__}: {exc}")
+    asyncio.run(run_worker(settings))
 
 
 @main.command()
 def demo() -> None:
     """Start a sandbox, run the worker against it, and show every outcome (under 30 s)."""
 
-    settings = settings_or_exit()
+    settings = load_settings()
+    _quiet_libraries()
+    asyncio.run(check(settings.amqp_url.get_secret_value()))  # one line, not a wait, if down
+    _quiet_libraries(False)
     logging_for(settings)
-    try:
-        ok = asyncio.run(run_demo(settings))
-    except (ConnectionError, OSError) as exc:
-        fail(f"cannot reach RabbitMQ at RECALL_AMQP_URL: {type(exc).__name__}: {exc}")
-    sys.exit(0 if ok else 1)
+    ok = asyncio.run(run_demo(settings))
+    sys.exit(0 if ok else EXIT_FAILURE)
+
+
+class BadInput(click.ClickException):
+    """The input given is not something to publish (exit 2, like a usage error)."""
+
+    exit_code = EXIT_CONFIGURATION
 
 
 @main.command()
@@ -109,9 +196,9 @@ def publish(
 ) -> None:
     """Publish recall requests with publisher confirms; exit 1 if the broker did not take one."""
 
-    settings = settings_or_exit()
     if (task_id is None) == (file_ is None):
-        fail("give --task-id or --file (one of them)", EXIT_USAGE)
+        raise click.UsageError("give --task-id or --file (one of them)")
+    settings = load_settings()
     try:
         if file_ is not None:
             requests = publishing.read_jsonl(file_)
@@ -123,16 +210,11 @@ def publish(
                 )
             ]
     except (InvalidRequest, ValueError) as exc:
-        fail(f"not published: {getattr(exc, 'info', exc)}", EXIT_USAGE)
+        raise BadInput(f"not published: {getattr(exc, 'info', exc)}") from None
     items = [publishing.outgoing(r, correlation_id) for r in requests]
-    try:
-        count = asyncio.run(
-            publishing.publish(settings.amqp_url.get_secret_value(), settings.queue, items)
-        )
-    except publishing.PublishError as exc:
-        fail(str(exc))
-    except (ConnectionError, OSError) as exc:
-        fail(f"cannot reach RabbitMQ at RECALL_AMQP_URL: {type(exc).__name__}")
+    count = asyncio.run(
+        publishing.publish(settings.amqp_url.get_secret_value(), settings.queue, items)
+    )
     for item in items:
         click.echo(f"published message_id={item.message_id} {item.body.decode()}")
     click.echo(f"{count} request(s) published to {settings.queue}, confirmed by the broker")
@@ -158,9 +240,21 @@ def schema(event: bool) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
+def _since(_: click.Context, __: click.Parameter, value: str) -> str:
+    try:
+        parse_since(value, datetime.now(UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"--since {value!r}: ")) from None
+    return value
+
+
 @main.command()
 @click.option(
-    "--since", default="1h", show_default=True, help="How far back: 30m, 1h, 2d, 'first'."
+    "--since",
+    default="1h",
+    show_default=True,
+    callback=_since,
+    help="How far back: 30m, 1h, 2d, 'first'.",
 )
 @click.option("--follow", is_flag=True, help="Keep printing new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
@@ -168,13 +262,9 @@ def schema(event: bool) -> None:
 def results(since: str, follow: bool, as_json: bool, correlation_id: str | None) -> None:
     """Read the results stream: one event per settled request."""
 
-    settings = settings_or_exit()
-    try:
+    settings = load_settings()
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(print_results(settings, since, follow, as_json, correlation_id))
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except KeyboardInterrupt:
-        pass
 
 
 @main.group()
@@ -186,45 +276,93 @@ def dlq() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def dlq_list(limit: int, as_json: bool) -> None:
-    """Show dead letters, leaving every one in place."""
+    """Show the first dead letters; every one stays, in order (the queue is walked once)."""
 
-    settings = settings_or_exit()
-    letters = asyncio.run(
-        list_dead_letters(settings.amqp_url.get_secret_value(), settings.dead_letter_queue, limit)
-    )
-    if as_json:
-        if letters:
-            click.echo(dumps(letters))
-        return
-    click.echo(table(DLQ_HEADERS, dead_letter_rows(letters)))
-    click.echo(f"{len(letters)} dead letter(s) shown from {settings.dead_letter_queue}")
+    settings = load_settings()
+    rows = StreamedTable(DLQ_HEADERS, click.echo, first=min(limit, 500))
+    reader_gone = False
+
+    def emit(letter: DeadLetter) -> None:
+        # `| head` goes away early: the pass still finishes, so the queue keeps its order.
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:
+            if as_json:
+                click.echo(json.dumps(letter.as_dict()))
+            else:
+                rows.add(dead_letter_row(letter))
+        except BrokenPipeError:
+            reader_gone = True
+            _stdout_to_devnull()
+
+    bar = _Progress("Keeping the order")
+    try:
+        shown = asyncio.run(
+            each_dead_letter(
+                settings.amqp_url.get_secret_value(),
+                settings.dead_letter_queue,
+                limit,
+                emit,
+                progress=bar.update,
+                on_total=bar.total,
+            )
+        )
+    finally:
+        bar.close()
+    if reader_gone:
+        sys.exit(EXIT_FAILURE)
+    if not as_json:
+        rows.close()
+        click.echo(f"{shown} dead letter(s) shown from {settings.dead_letter_queue}")
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar: Any = None
+
+    def total(self, length: int) -> None:
+        if sys.stderr.isatty() and length > 0:
+            self._bar = click.progressbar(length=length, label=self._label, file=sys.stderr)
+            self._bar.__enter__()
+
+    def update(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def _move(
     code: int | None, task_id: str | None, limit: int | None, dry_run: bool, replay: bool
 ) -> None:
-    settings = settings_or_exit()
-    url = settings.amqp_url.get_secret_value()
-    total = asyncio.run(count_dead_letters(url, settings.dead_letter_queue))
+    settings = load_settings()
     target = settings.queue if replay else None
     verb = "replayed" if replay else "purged"
     if dry_run:
         verb = f"would be {verb}"
-    with click.progressbar(length=total, label=verb.capitalize(), file=sys.stderr) as bar:
-        try:
-            summary = asyncio.run(
-                move_dead_letters(
-                    url,
-                    settings.dead_letter_queue,
-                    target,
-                    matcher(code, task_id),
-                    limit=limit,
-                    dry_run=dry_run,
-                    progress=bar.update,
-                )
+    bar = _Progress(verb.capitalize())
+    try:
+        summary = asyncio.run(
+            move_dead_letters(
+                settings.amqp_url.get_secret_value(),
+                settings.dead_letter_queue,
+                target,
+                matcher(code, task_id),
+                limit=limit,
+                dry_run=dry_run,
+                progress=bar.update,
+                on_total=bar.total,
             )
-        except DlqError as exc:
-            fail(str(exc))
+        )
+    finally:
+        bar.close()
     click.echo(f"{summary.matched} dead letter(s) {verb}; {summary.kept} left in place, in order")
 
 
@@ -244,5 +382,5 @@ def dlq_replay(code: int | None, task_id: str | None, limit: int | None, dry_run
 def dlq_purge(code: int, yes: bool) -> None:
     """Delete the dead letters with one ErrorCode."""
     if not yes:
-        fail("purge deletes messages: add --yes to confirm", EXIT_USAGE)
+        raise click.UsageError("purge deletes messages: add --yes to confirm")
     _move(code, None, None, False, replay=False)

@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aio_pika
 import click
 from pydantic import SecretStr
 
 from consumer.app import build_worker
+from consumer.broker import connect_any
 from consumer.client import make_http_client
 from consumer.publish import Outgoing, amqp_message
 from consumer.reports import table
@@ -130,7 +130,7 @@ def _with_key(settings: Settings, secret: str) -> Settings:
 
 async def _publish_cases(settings: Settings, sandbox: Sandbox) -> dict[str, tuple[Case, float]]:
     sent: dict[str, tuple[Case, float]] = {}
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    connection, _ = await connect_any(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         for case in CASES:
@@ -143,7 +143,7 @@ async def _publish_cases(settings: Settings, sandbox: Sandbox) -> dict[str, tupl
 
 
 async def _delete_queues(settings: Settings) -> None:
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    connection, _ = await connect_any(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel()
         for name in (settings.queue, settings.dead_letter_queue, settings.results_stream):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from datetime import UTC, datetime
 import aio_pika
 from aio_pika.exceptions import DeliveryError
 
+from consumer.broker import broker_errors, connect_any
+from consumer.errors import TimRecallError
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 
-class PublishError(Exception):
+class PublishError(TimRecallError):
     """The broker did not take a message; the text says which and why."""
 
 
@@ -63,24 +66,26 @@ def amqp_message(item: Outgoing) -> aio_pika.Message:
 
 async def publish(amqp_url: str, queue: str, items: Iterable[Outgoing]) -> int:
     """Publish each item to `queue` with confirms and mandatory routing; returns how many."""
-    connection = await aio_pika.connect(amqp_url)
+    connection, url = await connect_any(amqp_url)
     count = 0
     try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        for item in items:
-            try:
-                await channel.default_exchange.publish(
-                    amqp_message(item), routing_key=queue, mandatory=True
-                )
-            except DeliveryError as exc:
-                raise PublishError(
-                    f"the broker did not take message {item.message_id} after {count} published: "
-                    f"queue {queue!r} missing or refusing ({_reason(exc)}); start the worker once "
-                    "to declare it, or check RECALL_QUEUE"
-                ) from None
-            count += 1
+        async with broker_errors(url):
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            for item in items:
+                try:
+                    await channel.default_exchange.publish(
+                        amqp_message(item), routing_key=queue, mandatory=True
+                    )
+                except DeliveryError as exc:
+                    raise PublishError(
+                        f"the broker did not take message {item.message_id} after {count} "
+                        f"published: queue {queue!r} missing or refusing ({_reason(exc)}); start "
+                        "the worker once to declare it, or check RECALL_QUEUE"
+                    ) from None
+                count += 1
     finally:
-        await connection.close()
+        with contextlib.suppress(Exception):
+            await connection.close()
     return count
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import aio_pika
 import click
 
+from consumer.broker import QueueMissing, broker_errors, connect_any
 from consumer.dlq import DeadLetter
+from consumer.errors import BrokerUnavailable
 from consumer.settings import Settings
 from consumer.stream import Offset, read_results
 from schemas.events import ResultEvent
@@ -29,14 +31,67 @@ def parse_since(since: str, now: datetime) -> Offset:
     return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _cell(value: object) -> str:
+    """A table cell: one line, control characters shown as '?'."""
+    return "" if value is None else _UNPRINTABLE.sub("?", str(value))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table, columns sized to their contents."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[_cell(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
+    return "\n".join(_lines(headers, widths, cells, header=True))
+
+
+def _lines(
+    headers: Sequence[str], widths: Sequence[int], cells: list[list[str]], *, header: bool
+) -> list[str]:
+    lines = []
+    if header:
+        lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+        lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return lines
+
+
+class StreamedTable:
+    """A table printed as rows come: the first `first` rows size the columns, later rows use
+    those widths (a longer cell pushes its line). Memory is bounded by `first` rows."""
+
+    def __init__(
+        self, headers: Sequence[str], echo: Callable[[str], None], first: int = 500
+    ) -> None:
+        self._headers = headers
+        self._echo = echo
+        self._first = first
+        self._pending: list[list[str]] = []
+        self._widths: list[int] | None = None
+
+    def add(self, row: Sequence[object]) -> None:
+        """One row: held until the first `first` are in, printed at once after that."""
+        cells = [_cell(c) for c in row]
+        if self._widths is None:
+            self._pending.append(cells)
+            if len(self._pending) >= self._first:
+                self._flush()
+        else:
+            self._echo(_lines(self._headers, self._widths, [cells], header=False)[0])
+
+    def close(self) -> None:
+        """Print what is held (the header too, when no row came)."""
+        if self._widths is None:
+            self._flush()
+
+    def _flush(self) -> None:
+        cells, self._pending = self._pending, []
+        self._widths = [
+            max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(self._headers)
+        ]
+        for line in _lines(self._headers, self._widths, cells, header=True):
+            self._echo(line)
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -77,19 +132,21 @@ RESULTS_HEADERS = (
 DLQ_HEADERS = ("TaskId", "code", "info", "source", "attempts", "when")
 
 
+def dead_letter_row(d: DeadLetter) -> list[object]:
+    """One row of the `dlq list` table."""
+    return [
+        _short(d.task_id, 80) if d.task_id else "-",
+        d.code if d.code is not None else "-",
+        _short(d.info),
+        _short(d.source, 40),
+        d.attempts,
+        _when(d.when),
+    ]
+
+
 def dead_letter_rows(letters: Sequence[DeadLetter]) -> list[list[object]]:
     """Rows of the `dlq list` table."""
-    return [
-        [
-            d.task_id or "-",
-            d.code if d.code is not None else "-",
-            _short(d.info),
-            d.source,
-            d.attempts,
-            _when(d.when),
-        ]
-        for d in letters
-    ]
+    return [dead_letter_row(d) for d in letters]
 
 
 async def print_results(
@@ -97,23 +154,30 @@ async def print_results(
 ) -> None:
     """`tim-recall results`: print events from the results stream."""
     offset = parse_since(since, datetime.now(UTC))
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    stream = settings.results_stream
+    connection, url = await connect_any(settings.amqp_url.get_secret_value())
     try:
-        batch: list[ResultEvent] = []
-        async for event in read_results(connection, settings.results_stream, offset, follow=follow):
-            if correlation_id is not None and event.correlation_id != correlation_id:
-                continue
-            if as_json:
-                click.echo(event.model_dump_json())
-            elif follow:
-                click.echo(table(RESULTS_HEADERS, results_rows([event])).splitlines()[-1])
-            else:
-                batch.append(event)
-        if not as_json and not follow:
-            click.echo(table(RESULTS_HEADERS, results_rows(batch)))
-            click.echo(f"{len(batch)} event(s) since {since}")
+        async with broker_errors(url):
+            batch: list[ResultEvent] = []
+            async for event in read_results(connection, stream, offset, follow=follow):
+                if correlation_id is not None and event.correlation_id != correlation_id:
+                    continue
+                if as_json:
+                    click.echo(event.model_dump_json())
+                elif follow:
+                    click.echo(table(RESULTS_HEADERS, results_rows([event])).splitlines()[-1])
+                else:
+                    batch.append(event)
+    except QueueMissing:
+        raise QueueMissing(stream, "results stream") from None
+    except TimeoutError as exc:
+        raise BrokerUnavailable(str(exc)) from None
     finally:
-        await connection.close()
+        with contextlib.suppress(Exception):
+            await connection.close()
+    if not as_json and not follow:
+        click.echo(table(RESULTS_HEADERS, results_rows(batch)))
+        click.echo(f"{len(batch)} event(s) since {since}")
 
 
 def dumps(letters: Sequence[DeadLetter]) -> str:

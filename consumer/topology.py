@@ -58,9 +58,9 @@ class Topology:
 
     def dead_letter_arguments(self) -> dict[str, Any]:
         """The dead-letter queue: a durable quorum queue that never drops what it holds."""
-        # `tim-recall dlq list` reads by taking messages and handing them back; before RabbitMQ
-        # 4.3 every hand-back counts as a delivery, and 4.x drops a message after 20 by default.
-        # A dead-letter queue must keep its messages however often it is listed.
+        # The dlq tools never hand a message back (they re-publish it to the tail), but a tool
+        # cut off midway returns what it held, and 4.x drops a message after 20 returns by
+        # default: a dead-letter queue must keep its messages however often that happens.
         return {"x-queue-type": "quorum", "x-delivery-limit": DLQ_DELIVERY_LIMIT}
 
     def results_arguments(self) -> dict[str, Any]:

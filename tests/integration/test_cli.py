@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
+import ssl
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Broker, Names
+from tests.unit.test_broker_errors import CERT_PEM, KEY_PEM
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +139,160 @@ async def test_demo_meets_every_path_and_exits_0(amqp_url: str) -> None:
         assert label in out or label.isdigit()
     for code_seen in ("90049", "90050", "90052", "90053", "90001"):
         assert code_seen in out
+
+
+# Issue 10, point 7: every expected failure of every command is one line naming its cause,
+# exit 2 for configuration (and bad arguments), 1 for the rest, and never a traceback.
+
+TOOLS: dict[str, tuple[str, ...]] = {
+    "dlq list": ("dlq", "list"),
+    "dlq replay": ("dlq", "replay", "--code", "90053"),
+    "dlq purge": ("dlq", "purge", "--code", "90053", "--yes"),
+    "results": ("results", "--since", "2h"),
+    "publish": ("publish", "--task-id", "t_1"),
+}
+
+
+def one_line(code: int | None, out: str, err: str, expected_code: int) -> str:
+    """The single stderr line of a failed command (and no traceback anywhere)."""
+    assert "Traceback" not in out + err
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tim-recall: ")
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", TOOLS)
+async def test_broker_down_is_one_line_and_exit_1(command: str) -> None:
+    port = closed_port()
+    env = {"RECALL_AMQP_URL": f"amqp://guest:s3cret@127.0.0.1:{port}/"}
+    line = one_line(*await cli(*TOOLS[command], env=env), expected_code=1)
+    assert line == f"tim-recall: cannot reach RabbitMQ at 127.0.0.1:{port}: connection refused"
+
+
+@pytest.mark.parametrize("command", TOOLS)
+async def test_a_wrong_password_is_one_line_and_exit_2(amqp_url: str, command: str) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url.replace("guest:guest", "guest:wrong-pw")}
+    line = one_line(*await cli(*TOOLS[command], env=env), expected_code=2)
+    assert line == "tim-recall: RabbitMQ refused the user or password in RECALL_AMQP_URL"
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        ("dlq list", "dead-letter queue '{queue}.dead' does not exist"),
+        ("dlq replay", "dead-letter queue '{queue}.dead' does not exist"),
+        ("dlq purge", "dead-letter queue '{queue}.dead' does not exist"),
+        ("results", "results stream '{queue}.results' does not exist"),
+        ("publish", "queue '{queue}' missing or refusing"),
+    ],
+)
+async def test_a_missing_queue_is_one_line_and_exit_1(
+    amqp_url: str, names: Names, command: str, missing: str
+) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    line = one_line(*await cli(*TOOLS[command], env=env), expected_code=1)
+    assert missing.format(queue=names.queue) in line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("dlq", "list", "--limit", "0"), "--limit"),
+        (("dlq", "list", "--bogus"), "--bogus"),
+        (("dlq", "replay", "--code", "abc"), "--code"),
+        (("dlq", "purge", "--code", "90053"), "--yes"),
+        (("dlq", "purge", "--yes"), "--code"),
+        (("dlq", "frobnicate"), "frobnicate"),
+        (("results", "--since", "5 weeks"), "--since"),
+        (("publish",), "--task-id"),
+        (("publish", "--task-id", "t_1", "--file", "-"), "--file"),
+        (("schema", "--bogus"), "--bogus"),
+        (("run", "--bogus"), "--bogus"),
+        (("demo", "--bogus"), "--bogus"),
+        (("sandbox", "--port", "x"), "--port"),
+        (("frobnicate",), "frobnicate"),
+    ],
+)
+async def test_bad_arguments_are_one_line_and_exit_2(args: tuple[str, ...], named: str) -> None:
+    line = one_line(*await cli(*args), expected_code=2)
+    assert named in line
+
+
+async def test_demo_with_the_broker_down_is_one_line_and_exit_1() -> None:
+    port = closed_port()
+    env = {"RECALL_AMQP_URL": f"amqp://guest:s3cret@127.0.0.1:{port}/"}
+    line = one_line(*await cli("demo", env=env), expected_code=1)
+    assert f"127.0.0.1:{port}: connection refused" in line
+
+
+RUN_ENV = {"TIM_SDKAPPID": "1400000000", "TIM_SECRET_KEY": "k", "RECALL_HTTP_PORT": "0"}
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_run_with_a_wrong_password_exits_2_saying_so_last(
+    amqp_url: str, names: Names, log_format: str
+) -> None:
+    env = {
+        **RUN_ENV,
+        "RECALL_QUEUE": names.queue,
+        "RECALL_LOG_FORMAT": log_format,
+        "RECALL_AMQP_URL": amqp_url.replace("guest:guest", "guest:wrong-pw"),
+    }
+    code, out, err = await cli("run", env=env)
+    assert code == 2, err
+    assert "Traceback" not in out + err
+    assert "wrong-pw" not in err
+    last = err.strip().splitlines()[-1]
+    if log_format == "json":
+        for line in err.strip().splitlines():  # the stream stays JSON to the end
+            assert isinstance(json.loads(line), dict), line
+        event = json.loads(last)
+        assert event["event"] == "command_failed"
+        assert event["error"] == "RabbitMQ refused the user or password in RECALL_AMQP_URL"
+        assert event["exit_code"] == 2
+    else:
+        assert last == "tim-recall: RabbitMQ refused the user or password in RECALL_AMQP_URL"
+
+
+async def _tls_server(tmp_path: Path) -> tuple[asyncio.Server, int]:
+    (tmp_path / "key.pem").write_text(KEY_PEM)
+    (tmp_path / "cert.pem").write_text(CERT_PEM)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0, ssl=context)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_a_certificate_that_does_not_verify_is_configuration(tmp_path: Path) -> None:
+    # Issue 10, point 5: a certificate failure is our configuration: exit 2, one line, its reason.
+    server, port = await _tls_server(tmp_path)
+    async with server:
+        url = f"amqps://guest:s3cret@localhost:{port}/"
+        line = one_line(*await cli("dlq", "list", env={"RECALL_AMQP_URL": url}), expected_code=2)
+        assert line.startswith(
+            "tim-recall: TLS certificate verification failed: self-signed certificate"
+        )
+        code, _, err = await cli(
+            "run", env={**RUN_ENV, "RECALL_AMQP_URL": url, "RECALL_LOG_FORMAT": "console"}
+        )
+        assert code == 2, err
+        assert "Traceback" not in err
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .startswith("tim-recall: TLS certificate verification failed: self-signed certificate")
+        )
