@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 from yarl import URL
 
 from consumer.errors import BrokerUnavailable, ConfigurationError, TimRecallError
-from consumer.nodes import split_urls
+from consumer.nodes import NoNodeReachable, connect_first, split_urls
 
 CONNECT_TIMEOUT_S = 10.0  # one attempt: TCP, TLS and the AMQP handshake
 LOGIN_REFUSED = "RabbitMQ refused the user or password in RECALL_AMQP_URL"
@@ -258,15 +258,20 @@ async def connect_any(urls: str, **kwargs: Any) -> tuple[AbstractConnection, str
     """Connect to the first broker of RECALL_AMQP_URL (a comma-separated list) that answers;
     returns the connection and its URL. A ConfigurationError from any node is raised at once
     (it is ours to fix); when no node answers, one BrokerUnavailable names each node's cause."""
-    failures: list[str] = []
     nodes = split_urls(urls)
     if not nodes:
         raise ConfigurationError("RECALL_AMQP_URL is empty")
-    for url in nodes:
-        try:
-            return await connect(url, **kwargs), url
-        except BrokerUnavailable as exc:
-            failures.append(str(exc).removeprefix("cannot reach RabbitMQ at "))
+
+    async def one(url: str) -> AbstractConnection:
+        connection: AbstractConnection = await connect(url, **kwargs)
+        return connection
+
+    try:
+        connection, index = await connect_first(nodes, one, retry_on=(BrokerUnavailable,))
+    except NoNodeReachable as exc:
+        failures = [f.reason.removeprefix("cannot reach RabbitMQ at ") for f in exc.failures]
+    else:
+        return connection, nodes[index]
     if len(failures) == 1:
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {failures[0]}")
     raise BrokerUnavailable(f"cannot reach any RabbitMQ node: {'; '.join(failures)}")
