@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import re
 import ssl
 import sys
 from collections.abc import Sequence
@@ -32,15 +33,27 @@ from consumer.dlq import DeadLetter, each_dead_letter, matcher, move_dead_letter
 from consumer.errors import ConfigurationError, TimRecallError
 from consumer.observability import configure_logging, json_lines
 from consumer.redact import Redactor
-from consumer.reports import DLQ_HEADERS, StreamedTable, dead_letter_row, parse_since, print_results
+from consumer.reports import (
+    DLQ_HEADERS,
+    RESULTS_HEADERS,
+    StreamedTable,
+    dead_letter_row,
+    parse_since,
+    print_results,
+    results_rows,
+    table,
+)
 from consumer.sandbox import SandboxConfig, run_sandbox
 from consumer.settings import Settings, SettingsError, load_settings
+from schemas.asyncapi import asyncapi_document
 from schemas.events import result_event_json_schema
 from schemas.recall import InvalidRequest, OfflinePushInfo, RecallRequest, request_json_schema
 
 PROG = "tim-recall"
 EXIT_FAILURE = 1
 EXIT_CONFIGURATION = 2  # also click's exit code for a usage error
+EXIT_DEAD_LETTERED = 3  # publish --wait: a request was dead-lettered
+EXIT_NO_OUTCOME = 4  # publish --wait: no outcome in time (the request stays queued)
 # Commands that only talk to the broker and print: library logging would only add lines.
 QUIET_LIBRARIES = ("aiormq", "aio_pika")
 TOOLS = ("publish", "results", "dlq")
@@ -187,17 +200,32 @@ class BadInput(click.ClickException):
     type=click.File("r"),
     help="A JSON-lines file of RecallRequests ('-' for stdin).",
 )
+@click.option("--wait", is_flag=True, help="Wait for each outcome; print it as a results row.")
+@click.option(
+    "--timeout",
+    default="60s",
+    show_default=True,
+    callback=lambda _c, _p, v: _duration(v),
+    help="With --wait: how long to wait for the outcomes, e.g. 60s, 2m.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --wait: one JSON event per line.")
 def publish(
+    *,
     task_id: str | None,
     title: str | None,
     desc: str | None,
     correlation_id: str | None,
     file_: TextIO | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
 ) -> None:
     """Publish recall requests with publisher confirms; exit 1 if the broker did not take one."""
 
     if (task_id is None) == (file_ is None):
         raise click.UsageError("give --task-id or --file (one of them)")
+    if as_json and not wait:
+        raise click.UsageError("--json goes with --wait")
     settings = load_settings()
     try:
         if file_ is not None:
@@ -211,6 +239,8 @@ def publish(
             ]
     except (InvalidRequest, ValueError) as exc:
         raise BadInput(f"not published: {getattr(exc, 'info', exc)}") from None
+    if wait:
+        sys.exit(_publish_and_wait(settings, requests, correlation_id, timeout, as_json))
     items = [publishing.outgoing(r, correlation_id) for r in requests]
     count = asyncio.run(
         publishing.publish(settings.amqp_url.get_secret_value(), settings.queue, items)
@@ -234,10 +264,106 @@ def sandbox(host: str, port: int, min_interval: float) -> None:
 
 @main.command()
 @click.option("--event", is_flag=True, help="The results event's schema instead of the request's.")
-def schema(event: bool) -> None:
-    """Print the JSON Schema of a RecallRequest (or of a results event)."""
-    doc = result_event_json_schema() if event else request_json_schema()
+@click.option("--asyncapi", is_flag=True, help="The AsyncAPI 3.0 document of every queue.")
+def schema(event: bool, asyncapi: bool) -> None:
+    """Print the JSON Schema of a RecallRequest (or of a results event), or the AsyncAPI 3.0
+    contract of the recall queue, the results stream, the reply and the dead-letter queue."""
+    if event and asyncapi:
+        raise click.UsageError("--event or --asyncapi, not both")
+    if asyncapi:
+        settings = load_settings()
+        doc = asyncapi_document(settings.queue, settings.dead_letter_queue, settings.results_stream)
+    else:
+        doc = result_event_json_schema() if event else request_json_schema()
     click.echo(json.dumps(doc, indent=2))
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> float:
+    """'60s', '2m', '1h', '500ms' or plain seconds, more than zero."""
+    match = _DURATION.match(value.strip())
+    seconds = float(match[1]) * _SECONDS[match[2] or "s"] if match else 0.0
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} is not a duration: use a number and s, m or h (60s)")
+    return seconds
+
+
+def _publish_and_wait(
+    settings: Settings,
+    requests: Sequence[RecallRequest],
+    correlation_id: str | None,
+    timeout: float,
+    as_json: bool,
+) -> int:
+    """Publish, wait, print one results row (or JSON line) per request; the exit code: 4 if one
+    had no outcome in time, else 3 if one was dead-lettered, else 0."""
+    bar = _Progress("Waiting for outcomes")
+    if len(requests) > 1:
+        bar.total(len(requests))
+    try:
+        waited = asyncio.run(
+            publishing.publish_and_wait(
+                settings.amqp_url.get_secret_value(),
+                settings.queue,
+                requests,
+                correlation_id=correlation_id,
+                timeout=timeout,
+                on_done=lambda _: bar.update(1),
+            )
+        )
+    finally:
+        bar.close()
+    rows: list[list[object]] = []
+    for one in waited:
+        receipt, event = one.receipt, one.event
+        if event is not None:
+            rows += results_rows([event])
+            if as_json:
+                click.echo(event.model_dump_json())
+            continue
+        rows.append(
+            [
+                "-",
+                receipt.task_id,
+                "no outcome",
+                "-",
+                "-",
+                "-",
+                receipt.correlation_id,
+                "still queued",
+            ]
+        )
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "task_id": receipt.task_id,
+                        "outcome": None,
+                        "message_id": receipt.message_id,
+                        "correlation_id": receipt.correlation_id,
+                        "error_info": one.problem,
+                    }
+                )
+            )
+    if not as_json:
+        click.echo(table(RESULTS_HEADERS, rows))
+    for one in waited:
+        if one.problem is not None:
+            _say(one.problem, EXIT_NO_OUTCOME)
+        elif one.event is not None and one.event.outcome == "dead_lettered":
+            _say(
+                f"TaskId {one.event.task_id} dead-lettered: {one.event.error_code} "
+                f"{one.event.error_info} (source {one.event.source})",
+                EXIT_DEAD_LETTERED,
+            )
+    if any(one.event is None for one in waited):
+        return EXIT_NO_OUTCOME
+    if any(one.event.outcome == "dead_lettered" for one in waited if one.event is not None):
+        return EXIT_DEAD_LETTERED
+    return 0
 
 
 def _since(_: click.Context, __: click.Parameter, value: str) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +14,8 @@ from aio_pika.exceptions import DeliveryError
 
 from consumer.broker import broker_errors, connect_any
 from consumer.errors import TimRecallError
+from consumer.producer import NoOutcomeYet, RecallPublisher, Receipt, RepliesLost, Unroutable
+from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 
@@ -93,3 +96,50 @@ def _reason(exc: DeliveryError) -> str:
     frame = exc.frame
     text = getattr(frame, "reply_text", None) if frame is not None else None
     return str(text or "returned or nacked")
+
+
+@dataclass(frozen=True)
+class Waited:
+    """A request published with --wait: its receipt, and its results event or why none came."""
+
+    receipt: Receipt
+    event: ResultEvent | None = None
+    problem: str | None = None  # no outcome in time, or the connection lost: still queued
+
+
+async def publish_and_wait(
+    amqp_url: str,
+    queue: str,
+    requests: Sequence[RecallRequest],
+    *,
+    correlation_id: str | None,
+    timeout: float,  # noqa: ASYNC109 (the outcomes' deadline, not one call's)
+    on_done: Callable[[Waited], None] = lambda _: None,
+) -> list[Waited]:
+    """Publish every request through one RecallPublisher (confirmed, mandatory, with a reply
+    asked for), then wait for all outcomes until `timeout` s after the last confirm."""
+    async with RecallPublisher(amqp_url, queue) as publisher:
+        receipts: list[Receipt] = []
+        for request in requests:
+            try:
+                receipts.append(
+                    await publisher.publish(
+                        request.task_id,
+                        offline_push_info=request.offline_push_info,
+                        correlation_id=correlation_id,
+                    )
+                )
+            except Unroutable as exc:
+                raise PublishError(f"{exc} ({len(receipts)} published before it)") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        async def one(receipt: Receipt) -> Waited:
+            try:
+                waited = Waited(receipt, await publisher.wait(receipt, deadline - loop.time()))
+            except (NoOutcomeYet, RepliesLost) as exc:
+                waited = Waited(receipt, problem=str(exc))
+            on_done(waited)
+            return waited
+
+        return list(await asyncio.gather(*(one(r) for r in receipts)))

@@ -4,6 +4,7 @@ outcomes by reply, concurrent use, an unroutable request, a timeout, replies nob
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -166,3 +167,117 @@ async def test_bad_input_is_refused_before_anything_is_sent(
         with pytest.raises(InvalidRequest, match=problem):
             await publisher.publish(**kwargs)  # type: ignore[arg-type]
     assert build_request("t").task_id == "t"
+
+
+async def cli(*args: str, env: dict[str, str], stdin: bytes | None = None) -> tuple[int, str, str]:
+    """`python -m consumer ARGS` with only these RECALL_ settings; exit code, stdout, stderr."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TIM_", "RECALL_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        *args,
+        env={**clean, **env},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=90)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_publish_wait_prints_the_outcome_and_exits_by_it(
+    amqp_url: str, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
+) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    task_id = sandbox.create_task()
+    title = ("--title", "Recalled", "--desc", "This message was recalled.")
+    async with run_worker():
+        code, out, err = await cli(
+            "publish",
+            "--task-id",
+            task_id,
+            *title,
+            "--correlation-id",
+            "ops-1",
+            "--wait",
+            env=env,
+        )
+        assert (code, err) == (0, "")
+        header, _rule, row = out.strip().splitlines()
+        assert header.split()[:3] == ["settled", "TaskId", "outcome"]
+        assert row.split()[2:5] == [task_id, "recalled", "0"]
+        code, out, err = await cli(
+            "publish",
+            "--task-id",
+            "no-such-task",
+            "--wait",
+            "--timeout",
+            "30s",
+            "--json",
+            env=env,
+        )
+        assert code == 3
+        event = json.loads(out)
+        assert (event["outcome"], event["error_code"]) == ("dead_lettered", 90049)
+        assert "90049" in err
+        assert event["error_info"] in err
+
+
+async def test_publish_file_wait_one_row_each(
+    amqp_url: str, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
+) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    tasks = [sandbox.create_task() for _ in range(3)]
+    lines = "\n".join(
+        json.dumps({"TaskId": t, "OfflinePushInfo": OVERWRITE}) for t in tasks
+    ).encode()
+    async with run_worker():
+        code, out, err = await cli("publish", "--file", "-", "--wait", env=env, stdin=lines)
+    assert (code, err) == (0, "")  # no progress bar: stderr is not a terminal
+    rows = out.strip().splitlines()[2:]
+    assert sorted(r.split()[2] for r in rows) == sorted(tasks)
+    assert all(r.split()[3] == "recalled" for r in rows)
+
+
+async def test_publish_wait_without_an_outcome_exits_4_and_says_how_to_look_it_up(
+    amqp_url: str, broker: Broker, names: Names
+) -> None:
+    await broker.declare()  # no worker: it stays queued
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    code, out, err = await cli(
+        "publish",
+        "--task-id",
+        "t-1",
+        "--correlation-id",
+        "c-9",
+        "--wait",
+        "--timeout",
+        "1s",
+        env=env,
+    )
+    assert code == 4
+    assert "no outcome" in out
+    (line,) = err.strip().splitlines()
+    assert "stays queued" in line
+    assert "tim-recall results --since 1d --correlation-id c-9" in line
+    assert await broker.count(names.queue) == 1
+
+
+@pytest.mark.parametrize("timeout", ["soon", "0s", "-5s", "10x"])
+async def test_a_timeout_that_is_not_a_duration_is_one_line_exit_2(
+    amqp_url: str, names: Names, timeout: str
+) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    code, out, err = await cli("publish", "--task-id", "t", "--wait", "--timeout", timeout, env=env)
+    assert (code, out) == (2, "")
+    (line,) = err.strip().splitlines()
+    assert "--timeout" in line
+
+
+async def test_publish_unroutable_with_wait_exits_1(amqp_url: str, names: Names) -> None:
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": f"{names.queue}.missing"}
+    code, _, err = await cli("publish", "--task-id", "t", "--wait", env=env)
+    assert code == 1
+    assert "missing" in err

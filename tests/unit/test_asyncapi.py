@@ -13,10 +13,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from consumer.cli import main
 from schemas.asyncapi import asyncapi_document
 from schemas.events import RECALL_ERROR_HEADERS, ResultEvent
 from schemas.recall import RecallRequest
@@ -142,3 +144,14 @@ def test_properties_headers_reply_and_dead_letters(doc: dict[str, Any]) -> None:
     dead = messages["DeadLetter"]["headers"]["properties"]["headers"]
     assert set(RECALL_ERROR_HEADERS) <= set(dead["required"])
     assert asyncapi_document("q")["channels"]["deadLetters"]["address"] == "q.dead"
+
+
+def test_tim_recall_schema_asyncapi_prints_it_for_the_configured_queues() -> None:
+    result = CliRunner().invoke(main, ["schema", "--asyncapi"], env={"RECALL_QUEUE": "q.recall"})
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    AsyncAPI3.model_validate(printed)
+    assert printed["channels"]["recall"]["address"] == "q.recall"
+    assert printed["channels"]["deadLetters"]["address"] == "q.recall.dead"
+    both = CliRunner().invoke(main, ["schema", "--asyncapi", "--event"])
+    assert both.exit_code == 2
