@@ -28,6 +28,8 @@ from consumer.settings import Settings, load_settings
 from consumer.topology import Topology, declare
 from consumer.worker import Worker
 from schemas.events import ResultEvent
+from tests.conftest import broker_address
+from tests.integration.tcp_proxy import TcpProxy
 
 FAST_INTERVAL_S = 0.1
 OVERWRITE = {"Title": "Recalled", "Desc": "This message was recalled."}
@@ -246,6 +248,18 @@ def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) 
                 await asyncio.wait_for(task, timeout=30)
 
     return start
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    """A path to the broker the test can cut or stall; cut again at the end whatever happened."""
+    host, port = broker_address()
+    path = TcpProxy(host, port, free_port())
+    await path.start()
+    try:
+        yield path
+    finally:
+        await path.cut()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -15,7 +14,6 @@ import pytest
 from consumer.metrics import Metrics
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE
-from tests.conftest import broker_address
 from tests.integration.conftest import (
     OVERWRITE,
     Broker,
@@ -23,7 +21,6 @@ from tests.integration.conftest import (
     SpawnWorker,
     WorkerFactory,
     WorkerProcess,
-    free_port,
     wait_until,
 )
 from tests.integration.tcp_proxy import TcpProxy
@@ -89,18 +86,6 @@ async def test_metrics_follow_a_recall_a_retry_a_dead_letter_and_a_halt(
         key_file.write_text(sandbox.config.secret_key)
         await wait_until(lambda: sample(m, "tim_recall_halted") == 0, 10, "resumed")
         await running.wait_settled(4)
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    """A cuttable path to the broker; cut again at the end whatever happened."""
-    host, port = broker_address()
-    path = TcpProxy(host, port, free_port())
-    await path.start()
-    try:
-        yield path
-    finally:
-        await path.cut()
 
 
 async def test_broker_loss_liveness_stays_readiness_drops_and_nothing_is_lost(

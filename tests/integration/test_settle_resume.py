@@ -3,7 +3,7 @@ dead letter, no second live copy and no second results event."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -11,30 +11,17 @@ from structlog.testing import capture_logs
 
 from consumer.sandbox import Sandbox
 from consumer.settle import Settler, Step
-from tests.conftest import broker_address
 from tests.faults.support import read_all_results
 from tests.integration.conftest import (
     OVERWRITE,
     Broker,
     Names,
     WorkerFactory,
-    free_port,
     wait_until,
 )
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[TcpProxy]:
-    host, port = broker_address()
-    path = TcpProxy(host, port, free_port())
-    await path.start()
-    try:
-        yield path
-    finally:
-        await path.cut()
 
 
 def cut_after(
