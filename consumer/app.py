@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 import structlog
 
+from consumer import tracing
 from consumer.client import RevokeClient, make_http_client
 from consumer.fence import fence_after_s, heartbeat_of, with_heartbeat
 from consumer.health import health_app
@@ -86,6 +87,7 @@ def build_worker(
 async def run_worker(settings: Settings) -> None:
     """`tim-recall run`: the worker and its HTTP endpoints until SIGTERM or SIGINT."""
     log = structlog.get_logger()
+    tracing.configure_from_env()  # OTEL_*: spans per delivery and call (extra tim-recall[otel])
     async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:
         worker = build_worker(settings, http)
         loop = asyncio.get_running_loop()

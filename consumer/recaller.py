@@ -12,6 +12,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_before
 from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
+from consumer import tracing
 from consumer.client import RevokeClient
 from consumer.metrics import Metrics
 from consumer.pacing import Pacer, sleep_unless_set
@@ -120,7 +121,12 @@ class Recaller:
             on_send()
             attempts.calls += 1
             started = time.monotonic()
-            result = await self._client.revoke(request)
+            attempt = attempts.history.attempts + 1
+            with tracing.call_span(
+                {"tim.task_id": request.task_id, "tim.attempt": attempt}
+            ) as span:
+                result = await self._client.revoke(request)
+                span.set(**{"tim.code": result_code(result), "tim.outcome": metric_code(result)})
             if isinstance(result, ApiAnswer):  # no answer: its arrival is unknown
                 slot.answered()
                 if result.code == ErrorCode.RECALL_TOO_FREQUENT:

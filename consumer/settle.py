@@ -33,7 +33,10 @@ SETTLE_ERRORS = (
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s on a live connection
 # A stalled link gives no confirm at all: a step that hangs this long is treated as failed.
 STEP_TIMEOUT_S = 15.0
-REPLY_TIMEOUT_S = 5.0  # a reply is a courtesy: it never holds a settlement up for long
+REPLY_TIMEOUT_S = 5.0
+DIRECT_REPLY_TO = (
+    "amq.rabbitmq.reply-to"  # a reply is a courtesy: it never holds a settlement up for long
+)
 JOURNAL_SIZE = 1024  # lineages whose settlement is under way; one is in hand at a time
 
 
@@ -276,9 +279,13 @@ class Settler:
     ) -> None:
         """Send the results event to the caller's queue; never blocks or changes the settlement
         (the stream is the record): a reply nobody can receive is logged and counted."""
+        # RabbitMQ 3.10 returns a mandatory publish to a Direct Reply-to address as NO_ROUTE
+        # even when it delivers it: those go without `mandatory` (a gone caller drops it).
+        mandatory = not reply_to.startswith(DIRECT_REPLY_TO)
         try:
             await asyncio.wait_for(
-                publish_confirmed(self._publisher, message, reply_to), REPLY_TIMEOUT_S
+                publish_confirmed(self._publisher, message, reply_to, mandatory=mandatory),
+                REPLY_TIMEOUT_S,
             )
         except DeliveryError:
             self._on_reply("unroutable")

@@ -112,7 +112,7 @@ async def write_marker(channel: AbstractChannel, stream: str, wait_s: float) -> 
 
 
 async def publish_confirmed(
-    channel: AbstractChannel, message: aio_pika.Message, routing_key: str
+    channel: AbstractChannel, message: aio_pika.Message, routing_key: str, *, mandatory: bool = True
 ) -> None:
     """Publish through the default exchange, mandatory, and wait for the broker's confirm."""
-    await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=True)
+    await channel.default_exchange.publish(message, routing_key=routing_key, mandatory=mandatory)

@@ -95,6 +95,15 @@ def delivery_span(
         yield handle
 
 
+def current_span() -> Span:
+    """The span current now (a delivery's, to add its outcome to); a no-op when disabled."""
+    if _tracer() is None:
+        return Span()
+    from opentelemetry import trace  # noqa: PLC0415
+
+    return Span(trace.get_current_span())
+
+
 @contextlib.contextmanager
 def call_span(
     attrs: Mapping[str, AttributeValue | None], name: str = "POST v4/timpush/revoke"

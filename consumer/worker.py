@@ -15,6 +15,7 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from structlog.typing import FilteringBoundLogger
 
+from consumer import tracing
 from consumer.broker import connect
 from consumer.client import RevokeClient
 from consumer.envelope import Envelope, read_envelope
@@ -283,8 +284,14 @@ class Worker:
             # The journal is keyed on this copy, not the lineage: a re-published copy of the
             # same lineage is a delivery of its own and must not be taken for the one it replaced.
             delivery = Delivery(message, envelope.generation, log, started, self._epoch)
+            attrs = {
+                "messaging.destination.name": self.config.topology.queue,
+                "messaging.message.id": message.message_id,
+                "messaging.message.conversation_id": message.correlation_id,
+            }
             try:
-                await self._handle_delivery(delivery, envelope)
+                with tracing.delivery_span(message.headers, attrs):
+                    await self._handle_delivery(delivery, envelope)
             except Exception as exc:  # no delivery is ever left unsettled
                 log.exception("delivery_failed", error=type(exc).__name__)
                 self.metrics.delivery_failures.inc()
@@ -536,6 +543,9 @@ class Worker:
         if verdict.outcome is Outcome.ALREADY_SETTLED:
             log.info("request_already_settled", **fields)
             return
+        tracing.current_span().set(
+            **{"tim.outcome": verdict.outcome.value, "tim.code": verdict.code}
+        )
         if event is None:  # re-published to the queue's tail: not settled yet
             self.metrics.republished.inc()
             log.warning("request_republished", info=verdict.info, **fields)

@@ -95,6 +95,8 @@ async def test_direct_reply_to(
     await channel.close()
     assert reply.correlation_id == "ops-1"
     assert json.loads(reply.body)["outcome"] == "recalled"
+    assert running.metrics.replies.labels("sent")._value.get() == 1
+    assert running.metrics.replies.labels("unroutable")._value.get() == 0
 
 
 async def test_a_reply_nobody_can_receive_changes_nothing(
