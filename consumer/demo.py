@@ -14,8 +14,9 @@ from pydantic import SecretStr
 from consumer.app import build_worker
 from consumer.broker import connect_any
 from consumer.client import make_http_client
+from consumer.producer import RecallPublisher
 from consumer.publish import Outgoing, amqp_message
-from consumer.reports import table
+from consumer.reports import RESULTS_HEADERS, results_rows, table
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
 from consumer.settings import Settings
 from schemas.events import ResultEvent
@@ -118,10 +119,24 @@ async def run_demo(settings: Settings) -> bool:
                 await asyncio.wait_for(done.wait(), timeout=DEMO_TIMEOUT_S)
             except TimeoutError:
                 click.echo(f"timed out: {len(settled)} of {len(CASES)} settled", err=True)
+            ok = _report(sent, settled, time.monotonic() - t0)
+            ok = await _publish_and_wait(demo_settings, sandbox) and ok
             worker.stop()
             await run
         await _delete_queues(demo_settings)
-    return _report(sent, settled, time.monotonic() - t0)
+    return ok
+
+
+async def _publish_and_wait(settings: Settings, sandbox: Sandbox) -> bool:
+    """One more request, sent as `tim-recall publish --wait` sends it: its outcome comes back."""
+    task_id = sandbox.create_task()
+    click.echo(f"\n$ tim-recall publish --task-id {task_id} --title Recalled --wait")
+    async with RecallPublisher(settings.amqp_url.get_secret_value(), settings.queue) as publisher:
+        event = await publisher.recall(
+            task_id, offline_push_info={"Title": "Recalled"}, timeout=DEMO_TIMEOUT_S
+        )
+    click.echo(table(RESULTS_HEADERS, results_rows([event])))
+    return event.outcome == "recalled"
 
 
 def _with_key(settings: Settings, secret: str) -> Settings:

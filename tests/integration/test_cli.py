@@ -126,6 +126,9 @@ async def test_demo_meets_every_path_and_exits_0(amqp_url: str) -> None:
     code, out, err = await cli("demo", env={"RECALL_AMQP_URL": amqp_url})
     assert code == 0, out + err
     assert "all outcomes as expected" in out
+    # After its table, one request sent as `publish --wait` sends it, and its outcome row.
+    waited = out.split("--wait\n", 1)[1]
+    assert "recalled" in waited.splitlines()[2]
     for label in (
         "plain recall",
         "91000, then success",
