@@ -157,3 +157,36 @@ async def test_a_dead_letter_keeps_its_traceparent(
 
 async def _empty(broker: Broker, queue: str) -> bool:
     return await broker.count(queue) == 0
+
+
+async def test_a_redelivery_that_is_only_acked_does_not_reply_twice(
+    broker: Broker, names: Names, sandbox: Sandbox, run_worker: WorkerFactory
+) -> None:
+    # The state a crash leaves between the results event (and its reply) and the ack: the
+    # chain was told; its redelivery is only acked, with no second reply.
+    reply_queue = f"{names.queue}.replies"
+    channel = await broker.connection.channel()
+    await channel.declare_queue(reply_queue, auto_delete=False)
+    task_id = sandbox.create_task()
+    async with run_worker() as running:
+        await broker.publish(
+            {"TaskId": task_id, "OfflinePushInfo": OVERWRITE},
+            reply_to=reply_queue,
+            headers={"x-recall-lineage": "told-chain"},
+        )
+        await running.wait_settled(1)
+    assert await broker.count(reply_queue) == 1  # the first, settling delivery replied
+    await broker.publish(
+        {"TaskId": task_id, "OfflinePushInfo": OVERWRITE},
+        reply_to=reply_queue,
+        headers={"x-recall-lineage": "told-chain"},
+    )
+    with capture_logs() as logs:
+        async with run_worker():
+            await wait_until(
+                lambda: any(e["event"] == "request_already_settled" for e in logs), 15, "the ack"
+            )
+    assert await broker.count(reply_queue) == 1  # no second reply
+    assert len(sandbox.revoke_calls()) == 1
+    await channel.queue_delete(reply_queue)
+    await channel.close()
