@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from consumer.prepare import plausible
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,
@@ -29,8 +30,6 @@ from schemas.events import (
 )
 
 MAX_INFO_CHARS = 1000  # a header, not a log: keep dead letters small
-PLAUSIBLE_PAST_S = 30 * 86400.0  # an AMQP timestamp older than this is not believed
-PLAUSIBLE_FUTURE_S = 300.0  # nor one more than this in the future
 # Headers the broker sets on a delivery; a copy we publish must not carry them (from 4.0 the
 # broker ignores client-set x- headers, and 4.3 adds x-acquired-count).
 BROKER_DELIVERY_HEADERS = ("x-delivery-count", "x-acquired-count")
@@ -96,7 +95,7 @@ def published_at(message: AbstractIncomingMessage, now: float) -> float | None:
     if stamp is None:
         return None
     at = stamp.replace(tzinfo=stamp.tzinfo or UTC).timestamp()
-    return at if now - PLAUSIBLE_PAST_S <= at <= now + PLAUSIBLE_FUTURE_S else None
+    return at if plausible(at, now) else None
 
 
 def fingerprint(message: AbstractIncomingMessage) -> str:

@@ -8,8 +8,13 @@ from datetime import UTC, datetime
 from consumer.memory import RECALL_WINDOW_S, RecallMemory
 from schemas.recall import OfflinePushInfo, RecallRequest
 
-PLAUSIBLE_PAST_S = 30 * 86400.0  # a TaskId time older than this is not believed
+PLAUSIBLE_PAST_S = 30 * 86400.0  # a start time older than this is not believed
 PLAUSIBLE_FUTURE_S = 300.0  # nor one more than this in the future
+
+
+def plausible(at: float, now: float) -> bool:
+    """Whether a time a message claims (a TaskId's start, an AMQP timestamp) can be believed."""
+    return now - PLAUSIBLE_PAST_S <= at <= now + PLAUSIBLE_FUTURE_S
 
 
 def task_start_time(task_id: str, now: float) -> float | None:
@@ -21,7 +26,7 @@ def task_start_time(task_id: str, now: float) -> float | None:
         started = float(int(head, 16))
     except ValueError:
         return None
-    if now - PLAUSIBLE_PAST_S <= started <= now + PLAUSIBLE_FUTURE_S:
+    if plausible(started, now):
         return started
     return None
 

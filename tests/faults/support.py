@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -269,6 +270,11 @@ def min_gap(sandbox: Sandbox) -> float:
     """The smallest time between two revoke arrivals, as the server saw them."""
     arrivals = [c.arrived for c in sandbox.revoke_calls()]
     return min((b - a for a, b in itertools.pairwise(arrivals)), default=float("inf"))
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """A JSON log event's timestamp as unix seconds."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 def events_named(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:

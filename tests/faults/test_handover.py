@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import datetime
 
 import pytest
 
 from consumer.sandbox import Sandbox, SandboxConfig
 from tests.faults.support import (
     FaultBroker,
+    event_time,
     events_named,
     ledger,
     min_gap,
@@ -33,10 +33,6 @@ REQUESTS = 24
 @pytest.fixture
 def sandbox() -> Sandbox:
     return Sandbox(SandboxConfig(min_interval=INTERVAL_S))
-
-
-def _wall(event: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 async def _sigterm(worker: WorkerProcess) -> None:
@@ -123,8 +119,8 @@ async def test_rolling_restart_sigterm_mid_wait_mid_call_retry_wait_and_settle(
     # signal had arrived at the server before it.
     arrived = {c.task_id: c.wall for c in sandbox.revoke_calls() if c.code == 0}
     for moment, worker in stopped:
-        signalled = _wall(events_named(worker, "signal_received")[0])
-        after = [e for e in events_named(worker, "request_recalled") if _wall(e) >= signalled]
+        signalled = event_time(events_named(worker, "signal_received")[0])
+        after = [e for e in events_named(worker, "request_recalled") if event_time(e) >= signalled]
         assert len(after) <= 1, (moment, after)
         assert all(arrived[e["task_id"]] < signalled for e in after), (moment, after)
     released = sum(len(events_named(w, "request_released")) for _, w in stopped)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 import pytest
 
@@ -13,6 +12,7 @@ from consumer.sandbox import Sandbox
 from tests.conftest import broker_address
 from tests.faults.support import (
     FaultBroker,
+    event_time,
     events_named,
     ledger,
     min_gap,
@@ -86,9 +86,9 @@ async def test_a_stalled_link_never_makes_two_callers(
     assert 90051 not in codes, codes
     assert min_gap(sandbox) >= 0.2
     (fenced,) = events_named(stalled, "broker_silent_fenced")
-    fenced_at = _wall(fenced)
+    fenced_at = event_time(fenced)
     # The stalled replica's last retry came before the fence, within the fence's deadline.
-    retries = [_wall(e) for e in events_named(stalled, "retry_scheduled")]
+    retries = [event_time(e) for e in events_named(stalled, "retry_scheduled")]
     assert max(retries) <= fenced_at
     assert fenced_at - stalled_at < 2 * float(HEARTBEAT_S)
     report(
@@ -100,7 +100,3 @@ async def test_a_stalled_link_never_makes_two_callers(
         min_gap_s=round(min_gap(sandbox), 3),
         figures=result.figures(),
     )
-
-
-def _wall(event: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
