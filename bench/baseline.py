@@ -17,7 +17,7 @@ import time
 import aio_pika
 import httpx
 
-from consumer.usersig import make_usersig
+from consumer.core.usersig import make_usersig
 
 
 def say(**fields: object) -> None:

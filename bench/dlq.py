@@ -28,7 +28,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bench.procs import AMQP_URL, ROOT
-from consumer.topology import Topology
+from consumer.core.topology import Topology
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,

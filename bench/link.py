@@ -22,7 +22,7 @@ from bench.procs import Fleet
 from bench.stage import body, stage
 from bench.timeline import Panel, Row, plot
 from consumer.sandbox import CallRecord
-from consumer.sandbox_link import LinkConfig, sandbox_link
+from consumer.sandbox.link import LinkConfig, sandbox_link
 
 LIMIT_S = 1.0
 BACKLOG = 40

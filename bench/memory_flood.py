@@ -64,8 +64,8 @@ def child_flood(max_entries: int | None) -> dict[str, Any]:
     """RSS after FLOOD_N local refusals through remember_event."""
     from datetime import UTC, datetime  # noqa: PLC0415 - the child's own imports
 
-    import consumer.app  # noqa: F401, PLC0415 - the worker's modules, for a comparable base
-    from consumer.memory import RecallMemory  # noqa: PLC0415
+    import consumer.ops.app  # noqa: F401, PLC0415 - the worker's modules, for a comparable base
+    from consumer.core.memory import RecallMemory  # noqa: PLC0415
     from schemas.events import ResultEvent  # noqa: PLC0415
 
     memory = RecallMemory() if max_entries is None else RecallMemory(max_entries=max_entries)
@@ -100,9 +100,9 @@ def child_flood(max_entries: int | None) -> dict[str, Any]:
 
 async def child_rebuild(stream: str) -> dict[str, Any]:
     """A rebuild at the default ceiling and an unbounded budget: its time and RSS."""
-    import consumer.app  # noqa: F401, PLC0415
-    from consumer.memory import RecallMemory  # noqa: PLC0415
-    from consumer.rebuild import rebuild_memory  # noqa: PLC0415
+    import consumer.ops.app  # noqa: F401, PLC0415
+    from consumer.core.memory import RecallMemory  # noqa: PLC0415
+    from consumer.core.rebuild import rebuild_memory  # noqa: PLC0415
 
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
@@ -141,7 +141,7 @@ async def _run_child(*args: str) -> dict[str, Any]:
 
 async def _publish_flood(connection: aio_pika.abc.AbstractConnection, stream: str) -> int:
     """Up to FLOOD_N events, in confirmed batches, for at most PUBLISH_BUDGET_S; the count."""
-    from consumer.stream import RESULT_TYPE  # noqa: PLC0415
+    from consumer.core.stream import RESULT_TYPE  # noqa: PLC0415
 
     channel = await connection.channel(publisher_confirms=True)
     raw = await channel.get_underlay_channel()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from consumer.reports import table
+from consumer.ops.reports import table
 
 Check = Callable[[Any], bool]
 

@@ -16,9 +16,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bench.procs import AMQP_URL, Fleet, poll
-from consumer.publish import Outgoing, amqp_message
+from consumer.core.topology import Topology, declare
+from consumer.ops.publish import Outgoing, amqp_message
 from consumer.sandbox import CallRecord, Sandbox, SandboxConfig, serve_sandbox
-from consumer.topology import Topology, declare
 
 OVERWRITE = {"Title": "Recalled", "Desc": "This message was recalled."}
 PUBLISH_BATCH = 500  # publishes in flight at once when filling a backlog

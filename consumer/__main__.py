@@ -1,5 +1,5 @@
 """`python -m consumer` runs the same CLI as `tim-recall`."""
 
-from consumer.cli import main
+from consumer.ops.cli import main
 
 main()

@@ -22,10 +22,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import DeliveryError
 from pydantic import BaseModel
 
-from consumer.broker import broker_errors, connect
-from consumer.errors import BrokerUnavailable, ConfigurationError, TimRecallError
-from consumer.nodes import NoNodeReachable, connect_first, split_urls
-from consumer.stream import RESULT_TYPE
+from consumer.core.broker import broker_errors, connect
+from consumer.core.errors import BrokerUnavailable, ConfigurationError, TimRecallError
+from consumer.core.nodes import NoNodeReachable, connect_first, split_urls
+from consumer.core.stream import RESULT_TYPE
 from schemas.events import H_TRACEPARENT, ResultEvent
 from schemas.recall import InvalidRequest, OfflinePushInfo, RecallRequest, parse_request
 

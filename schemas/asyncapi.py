@@ -30,7 +30,7 @@ from schemas.events import (
 from schemas.recall import RecallRequest
 
 ASYNCAPI_VERSION = "3.0.0"
-RESULT_TYPE = "tim-recall.result"  # the AMQP `type` of a results event (consumer.stream)
+RESULT_TYPE = "tim-recall.result"  # the AMQP `type` of a results event (consumer.core.stream)
 TRACEPARENT_PATTERN = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _REF = "#/components/schemas/{model}"
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 255}

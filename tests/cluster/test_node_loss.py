@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
+from consumer.core.topology import Topology, declare
 from consumer.sandbox import Sandbox
-from consumer.topology import Topology, declare
 from tests.cluster.conftest import NODES, Cluster
 from tests.faults.support import (
     FaultBroker,

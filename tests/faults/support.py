@@ -23,8 +23,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from starlette.requests import Request
 from starlette.responses import Response
 
+from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox, SandboxConfig
-from consumer.stream import read_results
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, ResultEvent
 from tests.conftest import broker_address
 from tests.integration.conftest import Broker, Names, WorkerProcess, wait_until

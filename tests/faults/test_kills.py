@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from structlog.testing import capture_logs
 
+from consumer.core.stream import result_message
 from consumer.sandbox import Sandbox
-from consumer.stream import result_message
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, H_LINEAGE, ResultEvent
 from tests.faults.support import (
     FaultBroker,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from consumer.dlq import matcher, move_dead_letters
+from consumer.ops.dlq import matcher, move_dead_letters
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE
 from tests.faults.support import (

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.app import build_worker
-from consumer.client import make_http_client
-from consumer.metrics import Metrics
+from consumer.core.client import make_http_client
+from consumer.core.metrics import Metrics
+from consumer.core.settings import Settings, load_settings
+from consumer.core.topology import Topology, declare
+from consumer.core.worker import Worker
+from consumer.ops.app import build_worker
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
-from consumer.settings import Settings, load_settings
-from consumer.topology import Topology, declare
-from consumer.worker import Worker
 from schemas.events import ResultEvent
 from tests.conftest import broker_address
 from tests.integration.tcp_proxy import TcpProxy

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.client import RevokeClient, make_http_client
-from consumer.policy import HALT_CODES, PERMANENT_CODES, QUOTA_CODES, TRANSIENT_CODES
-from consumer.results import ApiAnswer, FailureKind, TransportFailure
+from consumer.core.client import RevokeClient, make_http_client
+from consumer.core.policy import HALT_CODES, PERMANENT_CODES, QUOTA_CODES, TRANSIENT_CODES
+from consumer.core.results import ApiAnswer, FailureKind, TransportFailure
+from consumer.core.usersig import UserSigCache
 from consumer.sandbox import Sandbox, SandboxConfig
-from consumer.usersig import UserSigCache
 from schemas.recall import RecallRequest
 from tests.integration.conftest import OVERWRITE, Broker, WorkerFactory, wait_until
 

@@ -20,8 +20,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer.dlq import PREFETCH, list_dead_letters, matcher, move_dead_letters
-from consumer.errors import TimRecallError
+from consumer.core.errors import TimRecallError
+from consumer.ops.dlq import PREFETCH, list_dead_letters, matcher, move_dead_letters
 from consumer.sandbox import Sandbox
 from schemas.events import (
     H_ATTEMPTS,

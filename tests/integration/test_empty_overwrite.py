@@ -7,8 +7,8 @@ from typing import Any
 import aio_pika
 import pytest
 
+from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox
-from consumer.stream import read_results
 from schemas.events import ResultEvent
 from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory
 

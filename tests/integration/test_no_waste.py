@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
+from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox
-from consumer.stream import read_results
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, ResultEvent
 from tests.integration.conftest import (
     OVERWRITE,

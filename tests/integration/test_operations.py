@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from consumer.metrics import Metrics
+from consumer.core.metrics import Metrics
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE
 from tests.integration.conftest import (

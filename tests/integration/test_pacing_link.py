@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
-from consumer.sandbox_link import LinkConfig, sandbox_link
+from consumer.sandbox.link import LinkConfig, sandbox_link
 from tests.integration.conftest import OVERWRITE, Broker, WorkerFactory
 
 INTERVAL_S = 0.25  # short, so that a backlog is quick; the link is long relative to it

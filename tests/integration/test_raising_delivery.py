@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-import consumer.worker
+import consumer.core.worker
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE
 from schemas.recall import RecallRequest, parse_request
@@ -26,7 +26,7 @@ def raising_for(monkeypatch: pytest.MonkeyPatch, task_id: str, times: int) -> li
             raise RuntimeError("a bug for this body")
         return parse_request(body, max_bytes)
 
-    monkeypatch.setattr(consumer.worker, "parse_request", parse)
+    monkeypatch.setattr(consumer.core.worker, "parse_request", parse)
     return raised
 
 

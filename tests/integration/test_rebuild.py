@@ -1,4 +1,4 @@
-"""consumer/rebuild.py against the real broker: complete, bounded by the ceiling and the budget."""
+"""consumer/core/rebuild.py against the real broker: complete, bounded by the ceiling and the budget."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import aiormq.exceptions
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.memory import RANKS, RecallMemory
-from consumer.rebuild import rebuild_memory
-from consumer.stream import MARKER_TYPE, result_message
+from consumer.core.memory import RANKS, RecallMemory
+from consumer.core.rebuild import rebuild_memory
+from consumer.core.stream import MARKER_TYPE, result_message
 from schemas.events import ResultEvent
 from tests.integration.conftest import Broker
 

@@ -12,8 +12,8 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
+from consumer.core.stream import RESULT_TYPE
 from consumer.sandbox import Sandbox
-from consumer.stream import RESULT_TYPE
 from schemas.events import ResultEvent
 from tests.faults.support import read_all_results
 from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory, wait_until

@@ -15,13 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from consumer.core.usersig import make_usersig
 from consumer.sandbox import (
     CallRecord,
     Sandbox,
     SandboxConfig,
     serve_sandbox,
 )
-from consumer.usersig import make_usersig
 
 FAST = SandboxConfig(min_interval=0.05)
 OPI = {"Title": "recall", "Desc": "The other party has recalled a message."}

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from consumer.core.settle import Settler, Step
 from consumer.sandbox import Sandbox
-from consumer.settle import Settler, Step
 from tests.faults.support import read_all_results
 from tests.integration.conftest import (
     OVERWRITE,

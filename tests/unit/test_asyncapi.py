@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from consumer.cli import main
+from consumer.ops.cli import main
 from schemas.asyncapi import asyncapi_document
 from schemas.events import RECALL_ERROR_HEADERS, ResultEvent
 from schemas.recall import RecallRequest

@@ -1,4 +1,4 @@
-"""consumer/broker.py: every way a connection fails becomes one line in the error tree."""
+"""consumer/core/broker.py: every way a connection fails becomes one line in the error tree."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import aiormq
 import pytest
 
-from consumer.broker import (
+from consumer.core.broker import (
     LOGIN_REFUSED,
     QueueMissing,
     connect,
@@ -20,8 +20,8 @@ from consumer.broker import (
     safe_url,
     where,
 )
-from consumer.errors import BrokerUnavailable, ConfigurationError, TimRecallError
-from consumer.settings import SettingsError
+from consumer.core.errors import BrokerUnavailable, ConfigurationError, TimRecallError
+from consumer.core.settings import SettingsError
 
 URL = "amqps://recall:s3cret-pw@rabbit.example:5671/prod"
 # A self-signed certificate for localhost (EC P-256, valid until 2126): a broker's certificate

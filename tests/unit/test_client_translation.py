@@ -1,4 +1,4 @@
-"""consumer/client.py: what httpx reports becomes an ApiResult, and the request is well formed."""
+"""consumer/core/client.py: what httpx reports becomes an ApiResult, and the request is well formed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from consumer.client import RevokeClient
-from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
-from consumer.usersig import UserSigCache
+from consumer.core.client import RevokeClient
+from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.core.usersig import UserSigCache
 from schemas.recall import RecallRequest
 
 APP = 1400000000

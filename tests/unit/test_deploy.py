@@ -2,7 +2,7 @@
 
 No Docker engine, promtool or kubeconform here: these are structural checks plus cross-checks
 against the code (every environment variable exists in Settings, every tim_recall_* series in
-an expression is one that consumer.metrics exports).
+an expression is one that consumer.core.metrics exports).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import yaml
 from prometheus_client import generate_latest
 from pydantic import AliasChoices
 
-from consumer.cli import main
-from consumer.metrics import Metrics
+from consumer.core.metrics import Metrics
+from consumer.core.settings import Settings
+from consumer.ops.cli import main
 from consumer.sandbox import SandboxConfig
-from consumer.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -1,4 +1,4 @@
-"""consumer/dlq.py, the pure parts: a dead letter is described whatever it holds; a replay is a
+"""consumer/ops/dlq.py, the pure parts: a dead letter is described whatever it holds; a replay is a
 new request; a copy for the tail is the message as it was."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from consumer.dlq import (
+from consumer.ops.dlq import (
     DeadLetter,
     describe,
     describe_delivery,
@@ -25,7 +25,7 @@ from consumer.dlq import (
     requeued,
     task_id_of,
 )
-from consumer.reports import DLQ_HEADERS, dead_letter_row, table
+from consumer.ops.reports import DLQ_HEADERS, dead_letter_row, table
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,

@@ -1,4 +1,4 @@
-"""consumer/envelope.py and the settle journal: what a delivery says of its chain, no broker."""
+"""consumer/core/envelope.py and the settle journal: what a delivery says of its chain, no broker."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands
 from pamqp.header import ContentHeader
 
-from consumer.envelope import Envelope, published_at, read_envelope, republish_message
-from consumer.settle import Journal
+from consumer.core.envelope import Envelope, published_at, read_envelope, republish_message
+from consumer.core.settle import Journal
 from schemas.events import H_ATTEMPTS, H_HALTS, H_LINEAGE, H_MAY_HAVE_REACHED, H_RELEASES
 
 NOW = 1_780_000_000.0

@@ -1,4 +1,4 @@
-"""consumer/fence.py: the heartbeat in the URL, and how long the broker has been silent."""
+"""consumer/core/fence.py: the heartbeat in the URL, and how long the broker has been silent."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import aiormq
 import pytest
 
-from consumer.app import worker_config
-from consumer.fence import fence_after_s, heartbeat_of, silent_for, with_heartbeat
-from consumer.settings import load_settings
+from consumer.core.fence import fence_after_s, heartbeat_of, silent_for, with_heartbeat
+from consumer.core.settings import load_settings
+from consumer.ops.app import worker_config
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""consumer/memory.py: windows, lineages told, expired TaskIds, the ceiling and what goes first."""
+"""consumer/core/memory.py: windows, lineages told, expired TaskIds, the ceiling and what goes first."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.memory import RANKS, RecallMemory
+from consumer.core.memory import RANKS, RecallMemory
 from schemas.events import ResultEvent
 
 NOW = 1_800_000_000.0

@@ -9,12 +9,12 @@ import httpx
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
-from consumer.halt import HaltProbe
-from consumer.health import health_app
-from consumer.memory import RecallMemory
-from consumer.metrics import Metrics
-from consumer.pacing import Pacer
-from consumer.results import ApiAnswer, ApiResult
+from consumer.core.halt import HaltProbe
+from consumer.core.memory import RecallMemory
+from consumer.core.metrics import Metrics
+from consumer.core.pacing import Pacer
+from consumer.core.results import ApiAnswer, ApiResult
+from consumer.ops.health import health_app
 
 
 class FlakyClient:

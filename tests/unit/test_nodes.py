@@ -1,4 +1,4 @@
-"""consumer/nodes.py: a list of brokers, tried in order, errors told apart."""
+"""consumer/core/nodes.py: a list of brokers, tried in order, errors told apart."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from consumer.nodes import NoNodeReachable, connect_first, node_of, split_urls
+from consumer.core.nodes import NoNodeReachable, connect_first, node_of, split_urls
 
 
 @pytest.mark.parametrize(

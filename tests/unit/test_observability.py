@@ -1,4 +1,4 @@
-"""consumer/observability.py: one stream of JSON lines, library records included, all scrubbed."""
+"""consumer/ops/observability.py: one stream of JSON lines, library records included, all scrubbed."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import httpx
 import pytest
 import structlog
 
-from consumer.observability import QUIET_LIBRARIES, configure_logging, json_lines
-from consumer.redact import REDACTED, Redactor
-from consumer.serving import serve_app
+from consumer.core.redact import REDACTED, Redactor
+from consumer.core.serving import serve_app
+from consumer.ops.observability import QUIET_LIBRARIES, configure_logging, json_lines
 
 SECRET = "secret-key-123456"
 PASSWORD = "amqp-pass-98765"

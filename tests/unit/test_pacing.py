@@ -1,4 +1,4 @@
-"""consumer/pacing.py: the pacer, on a fake clock whose sleep advances it."""
+"""consumer/core/pacing.py: the pacer, on a fake clock whose sleep advances it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from consumer.pacing import Pacer
+from consumer.core.pacing import Pacer
 
 INTERVAL = 1.0
 EPS = 1e-9
@@ -117,7 +117,7 @@ async def test_a_call_cancelled_inside_its_slot_still_spaces_the_next(
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from consumer.pacing import PacingRule  # noqa: E402
+from consumer.core.pacing import PacingRule  # noqa: E402
 
 MARGIN = 0.005
 

@@ -1,4 +1,4 @@
-"""consumer/policy.py: the outcome table, one row per answer."""
+"""consumer/core/policy.py: the outcome table, one row per answer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from consumer.policy import (
+from consumer.core.policy import (
     Action,
     History,
     Outcome,
@@ -15,7 +15,7 @@ from consumer.policy import (
     may_have_taken_effect,
     probe_passed,
 )
-from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 
 FRESH = History()
 RENEWED = History(attempts=1, renewed_usersig=True)

@@ -1,4 +1,4 @@
-"""consumer/prepare.py: duplicate suppression, the local 24-hour check, the default overwrite."""
+"""consumer/core/prepare.py: duplicate suppression, the local 24-hour check, the default overwrite."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from consumer.memory import RecallMemory
-from consumer.prepare import (
+from consumer.core.memory import RecallMemory
+from consumer.core.prepare import (
     AlreadySettled,
     PrepareRules,
     Proceed,

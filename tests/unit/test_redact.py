@@ -1,4 +1,4 @@
-"""consumer/redact.py and the ScrubSecrets log processor of consumer/observability.py."""
+"""consumer/core/redact.py and the ScrubSecrets log processor of consumer/ops/observability.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from consumer.observability import ScrubSecrets
-from consumer.redact import REDACTED, Redactor
-from consumer.usersig import make_usersig
+from consumer.core.redact import REDACTED, Redactor
+from consumer.core.usersig import make_usersig
+from consumer.ops.observability import ScrubSecrets
 
 SECRET = "secret-key-123456"
 SIG = make_usersig(1400000000, "administrator", SECRET, 86400, 1_712_112_711)

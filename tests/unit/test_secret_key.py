@@ -1,4 +1,4 @@
-"""consumer/secret_key.py: an unusable key file keeps the last good key, says why, never what."""
+"""consumer/core/secret_key.py: an unusable key file keeps the last good key, says why, never what."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
-from consumer.settings import SettingsError, load_settings
-from consumer.usersig import UserSigCache, verify_usersig
+from consumer.core.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
+from consumer.core.settings import SettingsError, load_settings
+from consumer.core.usersig import UserSigCache, verify_usersig
 
 APP = 1400000000
 GOOD = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e"

@@ -1,4 +1,4 @@
-"""consumer/settings.py: the environment, read once, with errors naming their variable."""
+"""consumer/core/settings.py: the environment, read once, with errors naming their variable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.settings import SettingsError, load_settings
+from consumer.core.settings import SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

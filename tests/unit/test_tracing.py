@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from consumer import tracing
+from consumer.core import tracing
 
 EXPORTER = InMemorySpanExporter()
 
@@ -93,7 +93,7 @@ def test_nothing_is_imported_and_spans_are_no_ops_when_not_configured() -> None:
     out = _run(
         """
         import sys
-        import consumer.tracing as tracing
+        import consumer.core.tracing as tracing
         print("opentelemetry" in sys.modules, end=" ")
         with tracing.delivery_span({"traceparent": b"x"}, {"a": 1}) as span:
             span.set(outcome="recalled")
@@ -108,7 +108,7 @@ def test_without_the_extra_everything_is_a_no_op() -> None:
         """
         import sys
         sys.modules["opentelemetry"] = None  # as if the extra were not installed
-        import consumer.tracing as tracing
+        import consumer.core.tracing as tracing
         with tracing.delivery_span({}, {}) as d, tracing.call_span({}) as c:
             c.set(code=0)
         print(tracing.available(), tracing.configure_from_env({"OTEL_TRACES_EXPORTER": "console"}))

@@ -1,4 +1,4 @@
-"""consumer/usersig.py, cross-checked with Tencent's official tls-sig-api-v2."""
+"""consumer/core/usersig.py, cross-checked with Tencent's official tls-sig-api-v2."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import TLSSigAPIv2
 
-from consumer.usersig import (
+from consumer.core.usersig import (
     UserSigCache,
     UserSigError,
     decode_usersig,

@@ -17,10 +17,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
-from consumer.envelope import Envelope, dead_letter_message, republish_message
-from consumer.policy import Action, Outcome, action_for
-from consumer.stream import publish_confirmed, result_message
-from consumer.topology import Topology, declare
+from consumer.core.envelope import Envelope, dead_letter_message, republish_message
+from consumer.core.policy import Action, Outcome, action_for
+from consumer.core.stream import publish_confirmed, result_message
+from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
 
 SETTLE_ERRORS = (

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from consumer.client import RevokeClient
-from consumer.pacing import Pacer, sleep_unless_set
-from consumer.policy import probe_passed
-from consumer.results import result_code
+from consumer.core.client import RevokeClient
+from consumer.core.pacing import Pacer, sleep_unless_set
+from consumer.core.policy import probe_passed
+from consumer.core.results import result_code
 
 # A TaskId no push ever had: a working configuration gets 90049 for it, a broken one the error
 # that halted us. Auth is checked before the body, so the probe recalls nothing.

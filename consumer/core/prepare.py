@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from consumer.memory import RECALL_WINDOW_S, RecallMemory
+from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
 from schemas.recall import OfflinePushInfo, RecallRequest
 
 PLAUSIBLE_PAST_S = 30 * 86400.0  # a start time older than this is not believed

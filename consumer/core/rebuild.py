@@ -20,9 +20,9 @@ from aio_pika.abc import AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
-from consumer.memory import RECALL_WINDOW_S, RecallMemory
-from consumer.settle import SETTLE_ERRORS
-from consumer.stream import MARKER_TYPE, RESULT_TYPE, write_marker
+from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
+from consumer.core.settle import SETTLE_ERRORS
+from consumer.core.stream import MARKER_TYPE, RESULT_TYPE, write_marker
 from schemas.events import ResultEvent
 
 # Without a marker (a stream that takes no writes), the read ends after this long with nothing.

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import aio_pika
 from aio_pika.exceptions import DeliveryError
 
-from consumer.broker import broker_errors, connect_any
-from consumer.errors import TimRecallError
+from consumer.core.broker import broker_errors, connect_any
+from consumer.core.errors import TimRecallError
 from consumer.producer import NoOutcomeYet, RecallPublisher, Receipt, RepliesLost, Unroutable
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 
 
 class Outcome(StrEnum):

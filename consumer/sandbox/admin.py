@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 if TYPE_CHECKING:
-    from consumer.sandbox import Sandbox
+    from consumer.sandbox.api import Sandbox
 
 
 class _Strict(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from consumer.redact import Redactor
+from consumer.core.redact import Redactor
 
 # httpx logs every request URL at INFO, and the URL carries the UserSig; httpcore's DEBUG lines
 # describe the same traffic. Never below WARNING, whatever the level.

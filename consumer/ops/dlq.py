@@ -41,15 +41,15 @@ from aio_pika.exceptions import DeliveryError
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from consumer.broker import (
+from consumer.core.broker import (
     BROKER_FAILURES,
     QueueMissing,
     broker_errors,
     connect_any,
     describe_broker_error,
 )
-from consumer.envelope import copy_message
-from consumer.errors import BrokerUnavailable, TimRecallError
+from consumer.core.envelope import copy_message
+from consumer.core.errors import BrokerUnavailable, TimRecallError
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,

@@ -10,21 +10,21 @@ from collections.abc import Callable
 import httpx
 import structlog
 
-from consumer import tracing
-from consumer.client import RevokeClient, make_http_client
-from consumer.fence import fence_after_s, heartbeat_of, with_heartbeat
-from consumer.health import health_app
-from consumer.memory import RecallMemory
-from consumer.metrics import Metrics
-from consumer.nodes import split_urls
-from consumer.pacing import Pacer
-from consumer.prepare import PrepareRules
-from consumer.recaller import RetryRules
-from consumer.serving import serve_app
-from consumer.settings import Settings
-from consumer.topology import Topology
-from consumer.usersig import UserSigCache
-from consumer.worker import Worker, WorkerConfig
+from consumer.core import tracing
+from consumer.core.client import RevokeClient, make_http_client
+from consumer.core.fence import fence_after_s, heartbeat_of, with_heartbeat
+from consumer.core.memory import RecallMemory
+from consumer.core.metrics import Metrics
+from consumer.core.nodes import split_urls
+from consumer.core.pacing import Pacer
+from consumer.core.prepare import PrepareRules
+from consumer.core.recaller import RetryRules
+from consumer.core.serving import serve_app
+from consumer.core.settings import Settings
+from consumer.core.topology import Topology
+from consumer.core.usersig import UserSigCache
+from consumer.core.worker import Worker, WorkerConfig
+from consumer.ops.health import health_app
 from schemas.events import ResultEvent
 
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from consumer.broker import QueueMissing, broker_errors, connect_any
-from consumer.dlq import DeadLetter
-from consumer.errors import BrokerUnavailable
-from consumer.settings import Settings
-from consumer.stream import Offset, read_results
+from consumer.core.broker import QueueMissing, broker_errors, connect_any
+from consumer.core.errors import BrokerUnavailable
+from consumer.core.settings import Settings
+from consumer.core.stream import Offset, read_results
+from consumer.ops.dlq import DeadLetter
 from schemas.events import ResultEvent
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")

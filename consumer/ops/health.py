@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from consumer.metrics import Metrics
+from consumer.core.metrics import Metrics
 
 
 def health_app(

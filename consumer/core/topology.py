@@ -9,8 +9,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from consumer.errors import ConfigurationError
-from consumer.settings import Settings
+from consumer.core.errors import ConfigurationError
+from consumer.core.settings import Settings
 
 DLQ_DELIVERY_LIMIT = 1_000_000
 

@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumer.prepare import plausible
+from consumer.core.prepare import plausible
 from schemas.events import (
     H_ATTEMPTS,
     H_DEAD_LETTERED_AT,

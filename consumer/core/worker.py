@@ -15,23 +15,23 @@ import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from structlog.typing import FilteringBoundLogger
 
-from consumer import tracing
-from consumer.broker import connect
-from consumer.client import RevokeClient
-from consumer.envelope import Envelope, read_envelope
-from consumer.errors import BrokerUnavailable
-from consumer.fence import silent_for
-from consumer.halt import HaltProbe
-from consumer.memory import RecallMemory
-from consumer.metrics import Metrics
-from consumer.nodes import NoNodeReachable, connect_first, node_of, split_urls
-from consumer.pacing import Pacer, sleep_unless_set
-from consumer.policy import HANDLING_FAILED, History, Outcome
-from consumer.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
-from consumer.rebuild import rebuild_memory
-from consumer.recaller import Attempts, Recaller, RetryRules
-from consumer.settle import SETTLE_ERRORS, Journal, Settled, Settler, Step, Verdict
-from consumer.topology import Topology, declare
+from consumer.core import tracing
+from consumer.core.broker import connect
+from consumer.core.client import RevokeClient
+from consumer.core.envelope import Envelope, read_envelope
+from consumer.core.errors import BrokerUnavailable
+from consumer.core.fence import silent_for
+from consumer.core.halt import HaltProbe
+from consumer.core.memory import RecallMemory
+from consumer.core.metrics import Metrics
+from consumer.core.nodes import NoNodeReachable, connect_first, node_of, split_urls
+from consumer.core.pacing import Pacer, sleep_unless_set
+from consumer.core.policy import HANDLING_FAILED, History, Outcome
+from consumer.core.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
+from consumer.core.rebuild import rebuild_memory
+from consumer.core.recaller import Attempts, Recaller, RetryRules
+from consumer.core.settle import SETTLE_ERRORS, Journal, Settled, Settler, Step, Verdict
+from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 

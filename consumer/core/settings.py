@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumer.errors import ConfigurationError
-from consumer.pacing import PacingRule
-from consumer.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
+from consumer.core.errors import ConfigurationError
+from consumer.core.pacing import PacingRule
+from consumer.core.secret_key import SecretKeySource, UnusableKey, check_key, read_key_file
 from schemas.recall import OfflinePushInfo
 
 
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
 
     # Pacing and retries
     interval_s: float = Field(default=1.0, validation_alias=_env("RECALL_INTERVAL_S"), gt=0)
-    # consumer/pacing.py: place a call after the previous send (link-aware) or its answer
+    # consumer/core/pacing.py: place a call after the previous send (link-aware) or its answer
     pacing: PacingRule = Field(default=PacingRule.FINISH, validation_alias=_env("RECALL_PACING"))
     pacing_margin_s: float = Field(
         default=0.01, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     default_offline_push_info: OfflinePushInfo | None = Field(
         default=None, validation_alias=_env("RECALL_DEFAULT_OFFLINE_PUSH_INFO")
     )
-    # The 24-hour memory (consumer/memory.py): its ceiling, and the takeover rebuild's budget
+    # The 24-hour memory (consumer/core/memory.py): its ceiling, and the takeover rebuild's budget
     memory_max_entries: int = Field(
         default=500_000, validation_alias=_env("RECALL_MEMORY_MAX_ENTRIES"), ge=1000
     )

@@ -111,7 +111,7 @@ class UserSigCache:
 
     `secret_key` may be a function, read again at each renewal: a key file mounted from a
     Kubernetes Secret can then be fixed without a restart. Give it a `SecretKeySource`
-    (consumer/secret_key.py), which never raises: an unusable file keeps the last good key.
+    (consumer/core/secret_key.py), which never raises: an unusable file keeps the last good key.
     """
 
     def __init__(

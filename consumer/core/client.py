@@ -10,9 +10,9 @@ from urllib.parse import urlencode
 import httpx
 from pydantic import ValidationError
 
-from consumer.redact import scrub_usersig
-from consumer.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
-from consumer.usersig import UserSigCache
+from consumer.core.redact import scrub_usersig
+from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.core.usersig import UserSigCache
 from schemas.api import RevokeResponse
 from schemas.recall import RecallRequest
 

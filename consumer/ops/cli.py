@@ -25,15 +25,16 @@ import aiormq
 import click
 import structlog
 
-from consumer import publish as publishing
-from consumer.app import run_worker
-from consumer.broker import check, describe_broker_error
-from consumer.demo import run_demo
-from consumer.dlq import DeadLetter, each_dead_letter, matcher, move_dead_letters
-from consumer.errors import ConfigurationError, TimRecallError
-from consumer.observability import configure_logging, json_lines
-from consumer.redact import Redactor
-from consumer.reports import (
+from consumer.core.broker import check, describe_broker_error
+from consumer.core.errors import ConfigurationError, TimRecallError
+from consumer.core.redact import Redactor
+from consumer.core.settings import Settings, SettingsError, load_settings
+from consumer.ops import publish as publishing
+from consumer.ops.app import run_worker
+from consumer.ops.demo import run_demo
+from consumer.ops.dlq import DeadLetter, each_dead_letter, matcher, move_dead_letters
+from consumer.ops.observability import configure_logging, json_lines
+from consumer.ops.reports import (
     DLQ_HEADERS,
     RESULTS_HEADERS,
     StreamedTable,
@@ -44,7 +45,6 @@ from consumer.reports import (
     table,
 )
 from consumer.sandbox import SandboxConfig, run_sandbox
-from consumer.settings import Settings, SettingsError, load_settings
 from schemas.asyncapi import asyncapi_document
 from schemas.events import result_event_json_schema
 from schemas.recall import InvalidRequest, OfflinePushInfo, RecallRequest, request_json_schema

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from consumer.sandbox_admin import admin_routes, json_object
-from consumer.serving import base_url, bind, serve_app
-from consumer.usersig import UserSigError, verify_usersig
+from consumer.core.serving import base_url, bind, serve_app
+from consumer.core.usersig import UserSigError, verify_usersig
+from consumer.sandbox.admin import admin_routes, json_object
 from schemas.api import meaning
 
 REVOKE_PATH = "/v4/timpush/revoke"

@@ -12,12 +12,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_before
 from tenacity.stop import stop_base
 from tenacity.wait import wait_exponential_jitter
 
-from consumer import tracing
-from consumer.client import RevokeClient
-from consumer.metrics import Metrics
-from consumer.pacing import Pacer, sleep_unless_set
-from consumer.policy import Decision, History, Outcome, classify, may_have_taken_effect
-from consumer.results import ApiAnswer, ApiResult, TransportFailure, result_code
+from consumer.core import tracing
+from consumer.core.client import RevokeClient
+from consumer.core.metrics import Metrics
+from consumer.core.pacing import Pacer, sleep_unless_set
+from consumer.core.policy import Decision, History, Outcome, classify, may_have_taken_effect
+from consumer.core.results import ApiAnswer, ApiResult, TransportFailure, result_code
 from schemas.api import ErrorCode
 from schemas.recall import RecallRequest
 

@@ -24,8 +24,8 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 from yarl import URL
 
-from consumer.errors import BrokerUnavailable, ConfigurationError, TimRecallError
-from consumer.nodes import NoNodeReachable, connect_first, split_urls
+from consumer.core.errors import BrokerUnavailable, ConfigurationError, TimRecallError
+from consumer.core.nodes import NoNodeReachable, connect_first, split_urls
 
 CONNECT_TIMEOUT_S = 10.0  # one attempt: TCP, TLS and the AMQP handshake
 LOGIN_REFUSED = "RabbitMQ refused the user or password in RECALL_AMQP_URL"

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import click
 from pydantic import SecretStr
 
-from consumer.app import build_worker
-from consumer.broker import connect_any
-from consumer.client import make_http_client
+from consumer.core.broker import connect_any
+from consumer.core.client import make_http_client
+from consumer.core.settings import Settings
+from consumer.ops.app import build_worker
+from consumer.ops.publish import Outgoing, amqp_message
+from consumer.ops.reports import RESULTS_HEADERS, results_rows, table
 from consumer.producer import RecallPublisher
-from consumer.publish import Outgoing, amqp_message
-from consumer.reports import RESULTS_HEADERS, results_rows, table
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
-from consumer.settings import Settings
 from schemas.events import ResultEvent
 
 DEMO_TIMEOUT_S = 60.0
