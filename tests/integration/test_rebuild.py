@@ -1,4 +1,5 @@
-"""consumer/core/rebuild.py against the real broker: complete, bounded by the ceiling and the budget."""
+"""consumer/core/rebuild.py against the real broker: complete, bounded by the ceiling and the
+budget."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""consumer/core/client.py: what httpx reports becomes an ApiResult, and the request is well formed."""
+"""consumer/core/client.py: what httpx reports becomes an ApiResult, and the request is well
+formed."""
 
 from __future__ import annotations
 

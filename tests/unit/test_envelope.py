@@ -1,4 +1,5 @@
-"""consumer/core/envelope.py and the settle journal: what a delivery says of its chain, no broker."""
+"""consumer/core/envelope.py and the settle journal: what a delivery says of its chain, no
+broker."""
 
 from __future__ import annotations
 

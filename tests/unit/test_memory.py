@@ -1,4 +1,5 @@
-"""consumer/core/memory.py: windows, lineages told, expired TaskIds, the ceiling and what goes first."""
+"""consumer/core/memory.py: windows, lineages told, expired TaskIds, the ceiling and what goes
+first."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""consumer/ops/observability.py: one stream of JSON lines, library records included, all scrubbed."""
+"""consumer/ops/observability.py: one stream of JSON lines, library records included, all
+scrubbed."""
 
 from __future__ import annotations
 

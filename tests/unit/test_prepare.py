@@ -1,4 +1,5 @@
-"""consumer/core/prepare.py: duplicate suppression, the local 24-hour check, the default overwrite."""
+"""consumer/core/prepare.py: duplicate suppression, the local 24-hour check, the default
+overwrite."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""consumer/core/secret_key.py: an unusable key file keeps the last good key, says why, never what."""
+"""consumer/core/secret_key.py: an unusable key file keeps the last good key, says why, never
+what."""
 
 from __future__ import annotations
 
