@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from consumer.core.memory import RecallMemory
+from consumer.core.policy import RELEASE_REASONS, RETRY_REASONS
+from consumer.core.results import FailureKind
 from schemas.api import ErrorCode
+from schemas.events import SettledOutcome
 
 CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SETTLE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-RETRY_REASONS = (
-    "too_frequent",
-    "transient",
-    "usersig_renewal",
-    "usersig_lockout",
-    "timeout",
-    "connect",
-    "network",
-    "bad_body",
-    "http_5xx",
-    "http_4xx",
-)
-RELEASE_REASONS = ("shutdown", "halted", "error", "disconnected")
-TRANSPORT_LABELS = (
-    "transport_connect",
-    "transport_timeout",
-    "transport_network",
-    "transport_http_status",
-    "transport_bad_body",
-)
+TRANSPORT_LABELS = tuple(f"transport_{kind.value}" for kind in FailureKind)
 
 
 class Metrics:
@@ -117,7 +102,7 @@ class Metrics:
             registry=r,
         )
         self._node: str | None = None
-        for outcome in ("recalled", "dead_lettered"):
+        for outcome in get_args(SettledOutcome):
             self.settled.labels(outcome)
         for error_code in ErrorCode:
             self.api_calls.labels(str(int(error_code)))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from schemas.api import ErrorCode
 
 
 class Outcome(StrEnum):
@@ -23,26 +24,94 @@ class Outcome(StrEnum):
     RELEASED = "released"
 
 
-QUOTA_CODES = frozenset({90051, 60007, 60011, 60018, 60019})
-TRANSIENT_CODES = frozenset({91000, 60008, 70169, 70500})
-RENEW_SIG_CODES = frozenset({70001, 70052})
-SIG_LOCKOUT_CODE = 70050
+class Reason(StrEnum):
+    """Why a request came to its outcome: one snake_case word, a metric label and a log field."""
+
+    # What an answer said
+    RECALLED = "recalled"
+    RECALLED_EARLIER = "recalled_earlier"  # 90050 after a call of ours that may have reached it
+    PERMANENT = "permanent"
+    TOO_FREQUENT = "too_frequent"
+    TRANSIENT = "transient"
+    USERSIG_RENEWAL = "usersig_renewal"
+    USERSIG_REJECTED_AFTER_RENEWAL = "usersig_rejected_after_renewal"
+    USERSIG_LOCKOUT = "usersig_lockout"
+    CONFIGURATION = "configuration"
+    UNKNOWN_CODE = "unknown_code"
+    # What went wrong below the API (the first five are FailureKind's values)
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    HTTP_STATUS = "http_status"  # a 3xx or 4xx: a wrong base URL, proxy or path
+    BAD_BODY = "bad_body"
+    HTTP_4XX = "http_4xx"  # 408 and 429: retried
+    HTTP_5XX = "http_5xx"
+    # Decided here, with no call
+    NOT_CALLED = "not_called"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    EXPIRED = "expired"
+    HANDLING_FAILED = "handling_failed"
+    HALTED_AGAIN = "halted_again"
+    STAMP = "stamp"
+    ALREADY_SETTLED = "already_settled"
+    # Why a delivery was released to the queue's tail
+    SHUTDOWN = "shutdown"
+    HALTED = "halted"
+    ERROR = "error"
+    DISCONNECTED = "disconnected"
+
+
+# The label sets the metrics initialise at 0, derived from the vocabulary rather than copied.
+RETRY_REASONS = (
+    Reason.TOO_FREQUENT,
+    Reason.TRANSIENT,
+    Reason.USERSIG_RENEWAL,
+    Reason.USERSIG_LOCKOUT,
+    Reason.TIMEOUT,
+    Reason.CONNECT,
+    Reason.NETWORK,
+    Reason.BAD_BODY,
+    Reason.HTTP_5XX,
+    Reason.HTTP_4XX,
+)
+RELEASE_REASONS = (Reason.SHUTDOWN, Reason.HALTED, Reason.ERROR, Reason.DISCONNECTED)
+
+E = ErrorCode
+QUOTA_CODES = frozenset(
+    {E.RECALL_TOO_FREQUENT, E.FREQUENCY_LIMIT, E.FREQUENCY_LIMIT_2}
+    | {E.FREQUENCY_LIMIT_3, E.FREQUENCY_LIMIT_4}
+)
+TRANSIENT_CODES = frozenset(
+    {E.INTERNAL_ERROR, E.SERVICE_TIMEOUT, E.INTERNAL_TIMEOUT, E.INTERNAL_ERROR_2}
+)
+RENEW_SIG_CODES = frozenset({E.USERSIG_EXPIRED, E.USERSIG_NO_LONGER_VALID})
+SIG_LOCKOUT_CODE = E.TOO_MANY_SIG_FAILURES
 SIG_LOCKOUT_WAIT_S = 60.0
-ALREADY_RECALLED = 90050
-PERMANENT_CODES = frozenset({90049, 90052, 90053, 90001})
+ALREADY_RECALLED = E.ALREADY_RECALLED
+PERMANENT_CODES = frozenset(
+    {E.TASK_ID_ILLEGAL, E.WINDOW_PASSED, E.NEEDS_OFFLINE_PUSH_INFO, E.INVALID_JSON}
+)
 # tim-recall's own code for a request whose handling raised twice (source `local`): not a
-# Tencent code; the dead letter's info names the error.
+# Tencent code, so not an ErrorCode; the dead letter's info names the error.
 HANDLING_FAILED = 99999
 HALT_CODES = frozenset(
-    {90009, 60004, 60005, 60006, 60010, 60012, 60016, 60020, 60021}
-    | {70002, 70003, 70005, 70009, 70013, 70014, 70016, 70020}
+    {E.NOT_ADMIN, E.IDENTIFIER_OR_SIG_WRONG, E.IDENTIFIER_OR_SIG_WRONG_2, E.SDKAPPID_INVALID}
+    | {E.IDENTIFIER_NOT_ADMIN, E.SDKAPPID_MISSING, E.SDKAPPID_DISABLED, E.PACKAGE_EXPIRED}
+    | {E.IP_NOT_ALLOWED, E.USERSIG_EMPTY, E.USERSIG_INVALID, E.USERSIG_UNPARSABLE}
+    | {E.KEY_NOT_OF_APP, E.IDENTIFIER_MISMATCH, E.SDKAPPID_MISMATCH, E.KEY_NOT_FOUND}
+    | {E.SDKAPPID_NOT_FOUND}
 )
 
 
 # Answers that say the call was refused before it could take effect: a later 90050 for the
 # same request is then not ours.
 NO_EFFECT_CODES = (
-    QUOTA_CODES | RENEW_SIG_CODES | PERMANENT_CODES | HALT_CODES | {SIG_LOCKOUT_CODE, 90050}
+    QUOTA_CODES
+    | RENEW_SIG_CODES
+    | PERMANENT_CODES
+    | HALT_CODES
+    | {SIG_LOCKOUT_CODE, E.ALREADY_RECALLED}
 )
 
 
@@ -57,10 +126,9 @@ def may_have_taken_effect(result: ApiResult) -> bool:
 class History:
     """What is known of earlier attempts for this request, across deliveries."""
 
-    attempts: int = 0  # API calls already made for it
-    may_have_reached: bool = (
-        False  # an earlier call (or a delivery before a crash) may have recalled it
-    )
+    calls: int = 0  # API calls already made for it, by any delivery
+    # an earlier call (or a delivery before a crash) may have recalled it
+    may_have_reached: bool = False
     renewed_usersig: bool = False  # the previous answer already made us renew the UserSig
 
 
@@ -69,7 +137,7 @@ class Decision:
     """The outcome of one attempt and how to go on."""
 
     outcome: Outcome
-    reason: str  # snake_case, low-cardinality: a metric label and a log field
+    reason: Reason
     min_wait_s: float = 0.0  # no retry before this
     backoff: bool = False  # exponential backoff with jitter on top of min_wait_s
     renew_usersig: bool = False
@@ -86,42 +154,46 @@ def _classify_failure(failure: TransportFailure) -> Decision:
     if failure.kind is FailureKind.HTTP_STATUS:
         status = failure.http_status or 0
         if status >= 500 or status in (408, 429):
-            return Decision(Outcome.RETRY, f"http_{status // 100}xx", backoff=True)
+            return Decision(Outcome.RETRY, _http_reason(status), backoff=True)
         # 3xx/4xx from the endpoint means a wrong base URL, proxy or path: our own configuration.
-        return Decision(Outcome.HALT, "http_status")
-    return Decision(Outcome.RETRY, failure.kind.value, backoff=True)
+        return Decision(Outcome.HALT, Reason.HTTP_STATUS)
+    return Decision(Outcome.RETRY, Reason(failure.kind.value), backoff=True)
+
+
+def _http_reason(status: int) -> Reason:
+    return Reason.HTTP_5XX if status >= 500 else Reason.HTTP_4XX
 
 
 def _classify_answer(answer: ApiAnswer, history: History, interval_s: float) -> Decision:
     code = answer.code
-    if code == 0:
-        return Decision(Outcome.RECALLED, "recalled")
+    if code == E.OK:
+        return Decision(Outcome.RECALLED, Reason.RECALLED)
     if code == ALREADY_RECALLED:
         # Ours if an earlier attempt may have reached the server; else someone else recalled it.
         if history.may_have_reached:
-            return Decision(Outcome.RECALLED, "recalled_earlier")
-        return Decision(Outcome.DEAD_LETTER, "permanent")
+            return Decision(Outcome.RECALLED, Reason.RECALLED_EARLIER)
+        return Decision(Outcome.DEAD_LETTER, Reason.PERMANENT)
     if code in QUOTA_CODES:
         # Someone else shares the app's quota (another system, a replica's probe): back off
         # with jitter, never sooner than the interval, so neither side starves the other.
         return Decision(
-            Outcome.RETRY, "too_frequent", min_wait_s=max(1.0, interval_s), backoff=True
+            Outcome.RETRY, Reason.TOO_FREQUENT, min_wait_s=max(1.0, interval_s), backoff=True
         )
     if code in TRANSIENT_CODES:
-        return Decision(Outcome.RETRY, "transient", backoff=True)
+        return Decision(Outcome.RETRY, Reason.TRANSIENT, backoff=True)
     if code in RENEW_SIG_CODES:
         if history.renewed_usersig:
             # A fresh signature rejected again: the clock or the key is wrong, not the signature.
-            return Decision(Outcome.HALT, "usersig_rejected_after_renewal")
-        return Decision(Outcome.RETRY, "usersig_renewal", renew_usersig=True)
+            return Decision(Outcome.HALT, Reason.USERSIG_REJECTED_AFTER_RENEWAL)
+        return Decision(Outcome.RETRY, Reason.USERSIG_RENEWAL, renew_usersig=True)
     if code == SIG_LOCKOUT_CODE:
-        return Decision(Outcome.RETRY, "usersig_lockout", min_wait_s=SIG_LOCKOUT_WAIT_S)
+        return Decision(Outcome.RETRY, Reason.USERSIG_LOCKOUT, min_wait_s=SIG_LOCKOUT_WAIT_S)
     if code in PERMANENT_CODES:
-        return Decision(Outcome.DEAD_LETTER, "permanent")
+        return Decision(Outcome.DEAD_LETTER, Reason.PERMANENT)
     if code in HALT_CODES:
-        return Decision(Outcome.HALT, "configuration")
+        return Decision(Outcome.HALT, Reason.CONFIGURATION)
     # Unknown codes are never retried forever: a person looks at them in the dead-letter queue.
-    return Decision(Outcome.DEAD_LETTER, "unknown_code")
+    return Decision(Outcome.DEAD_LETTER, Reason.UNKNOWN_CODE)
 
 
 class Action(StrEnum):
@@ -164,7 +236,7 @@ def probe_passed(result: ApiResult) -> bool:
     same app with a working configuration. Waiting for a quiet second instead could keep a
     replica halted as long as a backlog lasts. A 91000, a 600xx limit or a 502 proves nothing.
     """
-    if isinstance(result, ApiAnswer) and result.code == 90051:
+    if isinstance(result, ApiAnswer) and result.code == E.RECALL_TOO_FREQUENT:
         return True
     decision = classify(result, History(renewed_usersig=True))
     return decision.outcome in (Outcome.DEAD_LETTER, Outcome.RECALLED)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
+from consumer.core.policy import Reason
+from schemas.api import ErrorCode
 from schemas.recall import OfflinePushInfo, RecallRequest
 
 PLAUSIBLE_PAST_S = 30 * 86400.0  # a start time older than this is not believed
@@ -46,9 +48,9 @@ class Proceed:
 class Refuse:
     """Dead-letter without a call; the worker's own decision (source `local`)."""
 
-    code: int
+    code: int  # an ErrorCode, or tim-recall's own HANDLING_FAILED
     info: str
-    reason: str  # low-cardinality, for metrics and logs
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,9 @@ def window_closed(
     if now <= closed_at + rules.expiry_margin_s:
         return None
     return Refuse(
-        90052,
+        ErrorCode.WINDOW_PASSED,
         f"recall window closed at {_iso(closed_at)} (task started by {_iso(started)})",
-        "expired",
+        Reason.EXPIRED,
     )
 
 
@@ -108,11 +110,17 @@ def prepare(
         return AlreadySettled()
     recalled_at = memory.recalled_at(request.task_id, now)
     if recalled_at is not None:
-        return Refuse(90050, f"already recalled by tim-recall at {_iso(recalled_at)}", "duplicate")
+        return Refuse(
+            ErrorCode.ALREADY_RECALLED,
+            f"already recalled by tim-recall at {_iso(recalled_at)}",
+            Reason.DUPLICATE,
+        )
     expired_at = memory.expired_at(request.task_id, now)
     if expired_at is not None:
         return Refuse(
-            90052, f"the API answered 90052 for this TaskId at {_iso(expired_at)}", "expired"
+            ErrorCode.WINDOW_PASSED,
+            f"the API answered 90052 for this TaskId at {_iso(expired_at)}",
+            Reason.EXPIRED,
         )
     closed = window_closed(request.task_id, first_seen, rules, now, published_at)
     if closed is not None:

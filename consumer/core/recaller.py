@@ -16,7 +16,14 @@ from consumer.core import tracing
 from consumer.core.client import RevokeClient
 from consumer.core.metrics import Metrics
 from consumer.core.pacing import Pacer, sleep_unless_set
-from consumer.core.policy import Decision, History, Outcome, classify, may_have_taken_effect
+from consumer.core.policy import (
+    Decision,
+    History,
+    Outcome,
+    Reason,
+    classify,
+    may_have_taken_effect,
+)
 from consumer.core.results import ApiAnswer, ApiResult, TransportFailure, result_code
 from schemas.api import ErrorCode
 from schemas.recall import RecallRequest
@@ -32,13 +39,13 @@ class RetryRules:
 
 
 @dataclass
-class Attempts:
-    """What the calls for one request came to so far."""
+class RecallState:
+    """What one delivery's calls for its request came to so far."""
 
-    history: History
+    history: History  # across deliveries: updated by each call
     last: ApiResult | None = None
-    decision: Decision = field(default_factory=lambda: Decision(Outcome.RETRY, "not_called"))
-    calls: int = 0  # calls this delivery sent (0: handed back untouched)
+    decision: Decision = field(default_factory=lambda: Decision(Outcome.RETRY, Reason.NOT_CALLED))
+    sent: int = 0  # calls this delivery sent (0: handed back untouched)
 
     @property
     def code(self) -> int | None:
@@ -105,23 +112,23 @@ class Recaller:
     async def call_once(
         self,
         request: RecallRequest,
-        attempts: Attempts,
+        state: RecallState,
         on_send: Callable[[], None] = lambda: None,
-    ) -> Attempts:
+    ) -> RecallState:
         """Wait for a slot, make one call, and classify its result.
 
         No call starts once the worker is stopping: the wait for the slot ends at once.
         `on_send` runs just before the request leaves (the call may reach the server).
         """
         if not await self._wait_for_slot():
-            return attempts
+            return state
         async with self._pacer.slot() as slot:
             if not self._may_call():
-                return attempts
+                return state
             on_send()
-            attempts.calls += 1
+            state.sent += 1
             started = time.monotonic()
-            attempt = attempts.history.attempts + 1
+            attempt = state.history.calls + 1
             with tracing.call_span(
                 {"tim.task_id": request.task_id, "tim.attempt": attempt}
             ) as span:
@@ -133,18 +140,18 @@ class Recaller:
                     slot.too_frequent()
         self._metrics.api_call_seconds.observe(time.monotonic() - started)
         self._metrics.api_calls.labels(metric_code(result)).inc()
-        decision = classify(result, attempts.history, self._pacer.interval_s)
+        decision = classify(result, state.history, self._pacer.interval_s)
         reached = may_have_taken_effect(result)
-        attempts.history = History(
-            attempts=attempts.history.attempts + 1,
-            may_have_reached=attempts.history.may_have_reached or reached,
+        state.history = History(
+            calls=state.history.calls + 1,
+            may_have_reached=state.history.may_have_reached or reached,
             renewed_usersig=decision.renew_usersig,
         )
-        attempts.last = result
-        attempts.decision = decision
+        state.last = result
+        state.decision = decision
         if decision.renew_usersig:
             self._client.renew_usersig()
-        return attempts
+        return state
 
     async def recall(
         self,
@@ -152,32 +159,32 @@ class Recaller:
         history: History,
         log: structlog.typing.FilteringBoundLogger,
         on_send: Callable[[], None] = lambda: None,
-    ) -> Attempts:
+    ) -> RecallState:
         """Call until an outcome other than RETRY, the budget is spent, or the worker stops."""
-        attempts = Attempts(history=history)
+        state = RecallState(history=history)
 
-        async def attempt() -> Attempts:
+        async def attempt() -> RecallState:
             if self._stopping.is_set():
-                return attempts  # shutting down: no new call, settle what we have
-            return await self.call_once(request, attempts, on_send)
+                return state  # shutting down: no new call, settle what we have
+            return await self.call_once(request, state, on_send)
 
-        def wait(state: RetryCallState) -> float:
-            decision = attempts.decision
+        def wait(retry_state: RetryCallState) -> float:
+            decision = state.decision
             if decision.backoff:
-                return max(decision.min_wait_s, self._backoff(state))
+                return max(decision.min_wait_s, self._backoff(retry_state))
             return decision.min_wait_s
 
-        def before_sleep(state: RetryCallState) -> None:
-            reason = attempts.decision.reason
+        def before_sleep(retry_state: RetryCallState) -> None:
+            reason = state.decision.reason
             self._metrics.retries.labels(reason).inc()
-            wait_s = state.upcoming_sleep
+            wait_s = retry_state.upcoming_sleep
             log.info(
                 "retry_scheduled",
                 reason=reason,
-                code=attempts.code,
+                code=state.code,
                 wait_s=round(wait_s, 3),
-                attempts=attempts.history.attempts,
-                info=attempts.info,
+                attempts=state.history.calls,
+                info=state.info,
             )
 
         retrying = AsyncRetrying(
@@ -188,9 +195,9 @@ class Recaller:
             # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.
             sleep=lambda seconds: sleep_unless_set(self._stopping, seconds),
             before_sleep=before_sleep,
-            retry_error_callback=lambda state: attempts,
+            retry_error_callback=lambda retry_state: state,
         )
-        result: Attempts = await retrying(attempt)
+        result: RecallState = await retrying(attempt)
         return result
 
     async def _wait_for_slot(self) -> bool:

@@ -18,7 +18,7 @@ from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
 from consumer.core.envelope import Envelope, dead_letter_message, republish_message
-from consumer.core.policy import Action, Outcome, action_for
+from consumer.core.policy import Action, Outcome, Reason, action_for
 from consumer.core.stream import publish_confirmed, result_message
 from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
@@ -59,7 +59,7 @@ class Verdict:
     info: str
     source: Literal["api", "local"]
     attempts: int
-    reason: str
+    reason: Reason
     may_have_reached: bool
     task_id: str | None
     has_offline_push_info: bool = False

@@ -26,12 +26,13 @@ from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
 from consumer.core.nodes import NoNodeReachable, connect_first, node_of, split_urls
 from consumer.core.pacing import Pacer, sleep_unless_set
-from consumer.core.policy import HANDLING_FAILED, History, Outcome
+from consumer.core.policy import HANDLING_FAILED, History, Outcome, Reason
 from consumer.core.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
 from consumer.core.rebuild import rebuild_memory
-from consumer.core.recaller import Attempts, Recaller, RetryRules
+from consumer.core.recaller import Recaller, RecallState, RetryRules
 from consumer.core.settle import SETTLE_ERRORS, Journal, Settled, Settler, Step, Verdict
 from consumer.core.topology import Topology, declare
+from schemas.api import ErrorCode
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
@@ -314,7 +315,7 @@ class Worker:
         self._journal.start(key)
         if envelope.lineage is None:
             stamped = replace(envelope, lineage=uuid.uuid4().hex)
-            verdict = _local(Refuse(0, "stamped", "stamp"), stamped, None, Outcome.STAMP)
+            verdict = _no_call(Outcome.STAMP, Reason.STAMP, stamped, None)
             await self._settle(delivery, stamped, verdict)
             return
         # A redelivery we have no record of: another process (or this one before a restart)
@@ -324,7 +325,7 @@ class Worker:
             envelope = envelope.with_call_sent()
         self._journal.open(key).called = called
         if self._stopping.is_set() or self.halted:
-            reason = "shutdown" if self._stopping.is_set() else "halted"
+            reason = Reason.SHUTDOWN if self._stopping.is_set() else Reason.HALTED
             await self._release(delivery, envelope, reason)
             return
         verdict = await self._decide(delivery, envelope)
@@ -335,7 +336,7 @@ class Worker:
             # It halted a worker before, a probe has passed since, and it halts again: its own
             # answer (a gateway's 403 or 413 for one body), not our configuration. It must not
             # go round until the broker's delivery limit drops it without an event.
-            verdict = replace(verdict, outcome=Outcome.DEAD_LETTER, reason="halted_again")
+            verdict = replace(verdict, outcome=Outcome.DEAD_LETTER, reason=Reason.HALTED_AGAIN)
         if verdict.outcome is Outcome.RELEASED:  # no call was made: stopping, or disconnected
             await self._release(delivery, envelope, verdict.reason)
             return
@@ -390,7 +391,7 @@ class Worker:
         try:
             request = parse_request(delivery.message.body, self.config.max_body_bytes)
         except InvalidRequest as exc:
-            return _local(Refuse(90001, exc.info, "invalid"), envelope, None)
+            return _local(Refuse(ErrorCode.INVALID_JSON, exc.info, Reason.INVALID), envelope, None)
         prepared = prepare(
             request,
             envelope.first_seen,
@@ -403,24 +404,23 @@ class Worker:
         if isinstance(prepared, Refuse):
             return _local(prepared, envelope, request)
         if isinstance(prepared, AlreadySettled):
-            refusal = Refuse(0, "settled and told before", "already_settled")
-            return _local(refusal, envelope, request, Outcome.ALREADY_SETTLED)
+            return _no_call(Outcome.ALREADY_SETTLED, Reason.ALREADY_SETTLED, envelope, request)
         log = delivery.log.bind(task_id=request.task_id)
         progress = self._journal.open(delivery.key)
 
         def sent() -> None:
             progress.called = True
 
-        history = History(attempts=envelope.attempts, may_have_reached=envelope.may_have_reached)
-        attempts = await self._recaller.recall(prepared.request, history, log, sent)
-        return self._verdict(prepared.request, envelope, attempts)
+        history = History(calls=envelope.attempts, may_have_reached=envelope.may_have_reached)
+        state = await self._recaller.recall(prepared.request, history, log, sent)
+        return self._verdict(prepared.request, envelope, state)
 
-    def _verdict(self, request: RecallRequest, envelope: Envelope, attempts: Attempts) -> Verdict:
-        decision = attempts.decision
+    def _verdict(self, request: RecallRequest, envelope: Envelope, state: RecallState) -> Verdict:
+        decision = state.decision
         if decision.outcome is Outcome.RETRY:
-            if attempts.calls == 0:  # stopping, or the broker went away, before any call
-                reason = "shutdown" if self._stopping.is_set() else "disconnected"
-                return _local(Refuse(0, reason, reason), envelope, request, Outcome.RELEASED)
+            if state.sent == 0:  # stopping, or the broker went away, before any call
+                reason = Reason.SHUTDOWN if self._stopping.is_set() else Reason.DISCONNECTED
+                return _no_call(Outcome.RELEASED, reason, envelope, request)
             # Budget spent or shutting down. A recall whose window surely closed is not sent back.
             closed = window_closed(
                 request.task_id,
@@ -430,19 +430,19 @@ class Worker:
                 envelope.published_at,
             )
             if closed is not None:
-                history = attempts.history
+                history = state.history
                 spent = replace(
-                    envelope, attempts=history.attempts, may_have_reached=history.may_have_reached
+                    envelope, attempts=history.calls, may_have_reached=history.may_have_reached
                 )
                 return _local(closed, spent, request)
         return Verdict(
             outcome=decision.outcome,
-            code=attempts.answer_code,
-            info=attempts.info,
+            code=state.answer_code,
+            info=state.info,
             source="api",
-            attempts=attempts.history.attempts,
+            attempts=state.history.calls,
             reason=decision.reason,
-            may_have_reached=attempts.history.may_have_reached,
+            may_have_reached=state.history.may_have_reached,
             task_id=request.task_id,
             has_offline_push_info=request.offline_push_info is not None,
         )
@@ -451,7 +451,7 @@ class Worker:
         self,
         delivery: Delivery,
         envelope: Envelope,
-        reason: str,
+        reason: Reason,
         *,
         halts: int = 0,
         failures: int = 0,
@@ -463,7 +463,7 @@ class Worker:
             halts=envelope.halts + halts,
             failures=envelope.failures + failures,
         )
-        verdict = _local(Refuse(0, reason, reason), released, None, Outcome.RELEASED)
+        verdict = _no_call(Outcome.RELEASED, reason, released, None)
         self.metrics.releases.labels(reason).inc()
         await self._settle(delivery, released, verdict)
 
@@ -476,11 +476,11 @@ class Worker:
                 refusal = Refuse(
                     HANDLING_FAILED,
                     f"handling raised {type(exc).__name__} twice (see the delivery_failed events)",
-                    "handling_failed",
+                    Reason.HANDLING_FAILED,
                 )
                 await self._settle(delivery, envelope, _local(refusal, envelope, None))
             else:
-                await self._release(delivery, envelope, "error", failures=1)
+                await self._release(delivery, envelope, Reason.ERROR, failures=1)
         except Exception:  # the last resort must not raise either
             delivery.log.exception("delivery_failure_unsettled")
             assert self._settler is not None
@@ -505,7 +505,7 @@ class Worker:
         self._probe.start(self._resume, self._stopping)
         # The halting answer refused the call: it cannot have recalled anything.
         reached = replace(envelope, may_have_reached=verdict.may_have_reached)
-        await self._release(delivery, reached, "halted", halts=1)
+        await self._release(delivery, reached, Reason.HALTED, halts=1)
 
     async def _resume(self) -> None:
         if not self._stopping.is_set():
@@ -566,20 +566,26 @@ class Worker:
             self._on_settled(event)
 
 
-def _local(
-    refusal: Refuse,
-    envelope: Envelope,
-    request: RecallRequest | None,
-    outcome: Outcome = Outcome.DEAD_LETTER,
-) -> Verdict:
-    """An outcome decided here, with no call (source `local`): a dead letter by default."""
-    return Verdict(
-        outcome=outcome,
+def _local(refusal: Refuse, envelope: Envelope, request: RecallRequest | None) -> Verdict:
+    """A dead letter decided here, with no call (source `local`), with the refusal's code."""
+    return replace(
+        _no_call(Outcome.DEAD_LETTER, refusal.reason, envelope, request),
         code=refusal.code,
         info=refusal.info,
+    )
+
+
+def _no_call(
+    outcome: Outcome, reason: Reason, envelope: Envelope, request: RecallRequest | None
+) -> Verdict:
+    """An outcome with no call and no answer (source `local`): nothing to say but the reason."""
+    return Verdict(
+        outcome=outcome,
+        code=None,
+        info=reason,
         source="local",
         attempts=envelope.attempts,
-        reason=refusal.reason,
+        reason=reason,
         may_have_reached=envelope.may_have_reached,
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),

@@ -18,8 +18,8 @@ from consumer.core.policy import (
 from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 
 FRESH = History()
-RENEWED = History(attempts=1, renewed_usersig=True)
-REACHED = History(attempts=1, may_have_reached=True)
+RENEWED = History(calls=1, renewed_usersig=True)
+REACHED = History(calls=1, may_have_reached=True)
 
 
 def fail(kind: FailureKind, status: int | None = None) -> TransportFailure:
