@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The venv's tools (hadolint, tim-recall) come first on PATH for every recipe and test.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-rabbitmq4 rabbitmq4 cluster cluster-down bench broker install lint typecheck unit clean
+.PHONY: demo test faults test-rabbitmq4 rabbitmq4 cluster cluster-down bench broker install lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict consumer schemas
 
+# The tiers (markers set in tests/conftest.py): `unit` needs no broker (the sandbox's own tests
+# included); `faults` is the kill/restart/partition tier alone; `test` runs every tier, as CI does.
 unit: install
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -m "not broker"
+
+faults: install broker
+	$(BIN)/pytest -m faults
 
 test: install broker lint typecheck
 	$(BIN)/pytest
 
-# The integration and fault suites again, against RabbitMQ 4.0.5 (Debian 13's, in a debootstrap
+# The broker tier of the integration and fault suites again, against RabbitMQ 4.0.5 (Debian 13's, in a debootstrap
 # tree cached under /var/cache/tim-recall, started as a second node on 127.0.0.1:5680). The
 # broker-restart test stops and starts that node's app, never the host's.
 RABBITMQ4_PORT ?= 5680
@@ -45,7 +50,7 @@ rabbitmq4:
 test-rabbitmq4: install rabbitmq4
 	TEST_AMQP_HOST=127.0.0.1 TEST_AMQP_PORT=$(RABBITMQ4_PORT) \
 	TEST_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration tests/faults
+	$(BIN)/pytest $(PYTEST_FLAGS) -m broker tests/integration tests/faults
 
 # A three-node cluster of the host's RabbitMQ on 127.0.0.1:5691-5693 (scripts/cluster.sh);
 # `make cluster-down` removes it. The cluster tests (tests/cluster) start their own.

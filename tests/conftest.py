@@ -1,4 +1,9 @@
-"""Shared test set-up: tests that need RabbitMQ fail loudly when it is not there."""
+"""Shared test set-up: tests that need RabbitMQ fail loudly when it is not there.
+
+The tiers: every test that needs a broker (it asks for `amqp_url`, directly or through another
+fixture, or starts its own nodes) is marked `broker` here, so `make unit` (`-m "not broker"`) runs
+everything else, the sandbox's own tests included, with no RabbitMQ at all.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,18 @@ import socket
 
 import aio_pika
 import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need RabbitMQ `broker`: the tier marker `make unit` leaves out."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if (
+            "amqp_url" in fixtures
+            or item.get_closest_marker("cluster")
+            or (item.get_closest_marker("tls"))
+        ):
+            item.add_marker(pytest.mark.broker)
 
 
 def broker_address() -> tuple[str, int]:
