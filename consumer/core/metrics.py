@@ -10,7 +10,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consumer.core.memory import RecallMemory
-from consumer.core.policy import RELEASE_REASONS, RETRY_REASONS
+from consumer.core.policy import (
+    ALREADY_RECALLED,
+    PERMANENT_CODES,
+    RELEASE_REASONS,
+    RETRY_REASONS,
+    ReplyResult,
+)
 from consumer.core.results import FailureKind
 from schemas.api import ErrorCode
 from schemas.events import SettledOutcome
@@ -112,12 +118,14 @@ class Metrics:
             self.retries.labels(reason)
         for reason in RELEASE_REASONS:
             self.releases.labels(reason)
-        for result in ("sent", "unroutable", "failed"):
+        for result in ReplyResult:
             self.replies.labels(result)
-        local = [("90001", "local"), ("90050", "local"), ("90052", "local")]
-        api = [(str(c), "api") for c in (90049, 90050, 90052, 90053, 90001)]
-        for dl_code, source in local + api:
-            self.dead_letters.labels(dl_code, source)
+        # What a dead letter can say without an unknown code: our own refusals, the API's
+        local = {ErrorCode.INVALID_JSON, ErrorCode.ALREADY_RECALLED, ErrorCode.WINDOW_PASSED}
+        api = PERMANENT_CODES | {ALREADY_RECALLED}
+        for codes, source in ((local, "local"), (api, "api")):
+            for dl_code in sorted(codes):
+                self.dead_letters.labels(str(int(dl_code)), source)
 
     def node(self, node: str) -> None:
         """Mark `node` as the broker node in use (the previous one goes to 0)."""

@@ -62,6 +62,14 @@ class Reason(StrEnum):
     DISCONNECTED = "disconnected"
 
 
+class ReplyResult(StrEnum):
+    """What became of a results event sent to a request's reply_to."""
+
+    SENT = "sent"
+    UNROUTABLE = "unroutable"  # nobody listens there (any more)
+    FAILED = "failed"  # the publish failed or timed out; the stream still holds the event
+
+
 # The label sets the metrics initialise at 0, derived from the vocabulary rather than copied.
 RETRY_REASONS = (
     Reason.TOO_FREQUENT,

@@ -18,7 +18,7 @@ from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
 from consumer.core.envelope import Envelope, dead_letter_message, republish_message
-from consumer.core.policy import Action, Outcome, Reason, action_for
+from consumer.core.policy import Action, Outcome, Reason, ReplyResult, action_for
 from consumer.core.stream import publish_confirmed, result_message
 from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
@@ -162,7 +162,7 @@ class Settler:
         clock: Callable[[], float],
         *,
         on_told: Callable[[ResultEvent], None] = lambda _: None,
-        on_reply: Callable[[str], None] = lambda _: None,
+        on_reply: Callable[[ReplyResult], None] = lambda _: None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
@@ -288,14 +288,14 @@ class Settler:
                 REPLY_TIMEOUT_S,
             )
         except DeliveryError:
-            self._on_reply("unroutable")
+            self._on_reply(ReplyResult.UNROUTABLE)
             log.warning("reply_unroutable", reply_to=reply_to)
             return
         except SETTLE_ERRORS as exc:
-            self._on_reply("failed")
+            self._on_reply(ReplyResult.FAILED)
             log.warning("reply_failed", reply_to=reply_to, error=type(exc).__name__)
             return
-        self._on_reply("sent")
+        self._on_reply(ReplyResult.SENT)
 
     async def _publish(
         self, message: aio_pika.Message, routing_key: str, log: FilteringBoundLogger
