@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from consumer.core.backoff import Backoff
 from consumer.core.client import RevokeClient
 from consumer.core.pacing import Pacer, sleep_unless_set
 from consumer.core.policy import probe_passed
@@ -24,8 +24,8 @@ class HaltProbe:
     def __init__(self, client: RevokeClient, pacer: Pacer, initial_s: float, max_s: float) -> None:
         self._client = client
         self._pacer = pacer
-        self._initial_s = initial_s
-        self._max_s = max_s
+        # Jitter, so that replicas halted by one shared fault do not probe in step.
+        self._backoff = Backoff(initial_s, max_s, spread=0.2)
         self._task: asyncio.Task[None] | None = None
         self._log = structlog.get_logger()
 
@@ -44,21 +44,21 @@ class HaltProbe:
         return self._task is not None and not self._task.done()
 
     async def _run(self, resume: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> None:
-        wait = self._initial_s
+        attempt = 0
         while not stopping.is_set():
-            # Jitter, so that replicas halted by one shared fault do not probe in step.
-            await sleep_unless_set(stopping, wait * random.uniform(0.8, 1.2))
+            attempt += 1
+            await sleep_unless_set(stopping, self._backoff.wait_s(attempt))
             if stopping.is_set():
                 return
+            next_probe_s = self._backoff.base_s(attempt + 1)
             try:
-                if await self._probe_once(wait):
+                if await self._probe_once(next_probe_s):
                     await resume()
                     return
             except Exception:  # a probe must never die unseen; it probes on
-                self._log.exception("halt_probe_error", next_probe_s=min(wait * 2, self._max_s))
-            wait = min(wait * 2, self._max_s)
+                self._log.exception("halt_probe_error", next_probe_s=next_probe_s)
 
-    async def _probe_once(self, wait: float) -> bool:
+    async def _probe_once(self, next_probe_s: float) -> bool:
         async with self._pacer.slot() as slot:
             self._client.renew_usersig()  # picks up a fixed key file
             result = await self._client.post(PROBE_BODY)
@@ -68,5 +68,5 @@ class HaltProbe:
         if probe_passed(result):
             self._log.info("halt_probe_passed", code=code)
             return True
-        self._log.warning("halt_probe_failed", code=code, next_probe_s=min(wait * 2, self._max_s))
+        self._log.warning("halt_probe_failed", code=code, next_probe_s=next_probe_s)
         return False

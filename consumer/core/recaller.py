@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_before_delay
 from tenacity.stop import stop_base
-from tenacity.wait import wait_exponential_jitter
 
 from consumer.core import tracing
+from consumer.core.backoff import Backoff
 from consumer.core.client import RevokeClient
 from consumer.core.metrics import Metrics
 from consumer.core.pacing import Pacer, sleep_unless_set
@@ -105,9 +105,7 @@ class Recaller:
         self._rules = rules
         self._stopping = stopping
         self._connected = connected
-        self._backoff = wait_exponential_jitter(
-            multiplier=rules.initial_s, max=rules.max_s, jitter=rules.initial_s
-        )
+        self._backoff = Backoff(rules.initial_s, rules.max_s, jitter_s=rules.initial_s)
 
     async def call_once(
         self,
@@ -171,7 +169,7 @@ class Recaller:
         def wait(retry_state: RetryCallState) -> float:
             decision = state.decision
             if decision.backoff:
-                return max(decision.min_wait_s, self._backoff(retry_state))
+                return max(decision.min_wait_s, self._backoff.wait_s(retry_state.attempt_number))
             return decision.min_wait_s
 
         def before_sleep(retry_state: RetryCallState) -> None:

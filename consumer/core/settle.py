@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
 from structlog.typing import FilteringBoundLogger
 
+from consumer.core.backoff import Backoff
 from consumer.core.envelope import Envelope, dead_letter_message, republish_message
 from consumer.core.policy import Action, Outcome, Reason, ReplyResult, action_for
 from consumer.core.stream import publish_confirmed, result_message
@@ -31,6 +32,7 @@ SETTLE_ERRORS = (
     asyncio.TimeoutError,
 )
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s on a live connection
+STEP_BACKOFF = Backoff(0.25, 4.0)
 # A stalled link gives no confirm at all: a step that hangs this long is treated as failed.
 STEP_TIMEOUT_S = 15.0
 REPLY_TIMEOUT_S = 5.0
@@ -248,7 +250,6 @@ class Settler:
         log: FilteringBoundLogger,
         void: Callable[[], bool],
     ) -> bool:
-        wait = 0.25
         for attempt in range(1, STEP_TRIES + 1):
             try:
                 await asyncio.wait_for(step(), STEP_TIMEOUT_S)
@@ -267,8 +268,7 @@ class Settler:
                 log.warning(
                     "settle_step_retry", step=name.value, attempt=attempt, error=type(exc).__name__
                 )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 4.0)
+                await asyncio.sleep(STEP_BACKOFF.wait_s(attempt))
         # Never leave a delivery held on a live channel: hand it back so it is tried again.
         log.error("settle_failed", step=name.value, tries=STEP_TRIES)
         await self.give_back(message, log)

@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQu
 from structlog.typing import FilteringBoundLogger
 
 from consumer.core import tracing
+from consumer.core.backoff import Backoff
 from consumer.core.broker import connect
 from consumer.core.client import RevokeClient
 from consumer.core.envelope import Envelope, read_envelope
@@ -37,6 +38,7 @@ from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
 Clock = Callable[[], float]
+CONNECT_BACKOFF = Backoff(1.0, 30.0)  # while no node of the list answers
 CANCEL_TIMEOUT_S = 5.0
 
 
@@ -206,8 +208,10 @@ class Worker:
         """Connect to the first node that answers, waiting with backoff while none does: a
         worker started during a broker outage stays up (live, not ready) rather than
         crash-looping. Our own configuration (a refused login, a certificate) is fatal."""
-        wait = 1.0
+        attempt = 0
         while not self._stopping.is_set():
+            attempt += 1
+            wait = CONNECT_BACKOFF.wait_s(attempt)
             try:
                 return await connect_first(
                     urls, self._open, start=start, retry_on=(BrokerUnavailable,)
@@ -220,7 +224,6 @@ class Worker:
                     retry_in_s=wait,
                 )
             await sleep_unless_set(self._stopping, wait)
-            wait = min(wait * 2, 30.0)
         return None
 
     async def _open(self, url: str) -> AbstractConnection:
