@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from aio_pika.abc import AbstractConnection
 
+from consumer.core.errors import BrokerUnavailable
+
 Connect = Callable[[str], Awaitable[AbstractConnection]]
 
 
@@ -35,7 +37,7 @@ class NodeFailure:
     reason: str
 
 
-class NoNodeReachable(Exception):
+class NoNodeReachable(BrokerUnavailable):
     """No broker in the list could be reached this round."""
 
     def __init__(self, failures: Sequence[NodeFailure]) -> None:

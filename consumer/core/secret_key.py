@@ -22,12 +22,14 @@ from pathlib import Path
 
 import structlog
 
+from consumer.core.errors import ConfigurationError
+
 MAX_KEY_BYTES = 4096
 _TENCENT_FORM = re.compile(r"[0-9a-fA-F]{64}")
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
-class UnusableKey(Exception):
+class UnusableKey(ConfigurationError):
     """A key (or key file) that cannot be used; `reason` is one word, never the content."""
 
     def __init__(self, reason: str) -> None:

@@ -12,13 +12,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from consumer.core.errors import TimRecallError
+
 Clock = Callable[[], float]
 
 _TO_URL = str.maketrans({"+": "*", "/": "-", "=": "_"})
 _FROM_URL = str.maketrans({"*": "+", "-": "/", "_": "="})
 
 
-class UserSigError(Exception):
+class UserSigError(TimRecallError):
     """A UserSig failed verification; `code` is the REST ErrorCode the server would answer."""
 
     def __init__(self, code: int, reason: str) -> None:
