@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The venv's tools (hadolint, tim-recall) come first on PATH for every recipe and test.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test faults test-rabbitmq4 rabbitmq4 cluster cluster-down bench broker install lint typecheck unit clean
+.PHONY: demo test faults test-rabbitmq4 rabbitmq4 cluster cluster-down bench bench-update broker install lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,8 +60,13 @@ cluster:
 cluster-down:
 	@scripts/cluster.sh down
 
+# `make bench` writes under bench/out/ (ignored by git); `make bench-update` rewrites the
+# committed figures in bench/ (results.json records the commit and the machine measured).
 bench: install broker
 	$(BIN)/python -m bench.run
+
+bench-update: install broker
+	BENCH_UPDATE=1 $(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

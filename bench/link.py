@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bench import stats
+from bench import outputs, stats
 from bench.procs import Fleet
+from bench.report import machine
 from bench.stage import body, stage
 from bench.timeline import Panel, Row, plot
 from consumer.sandbox import CallRecord
@@ -124,11 +125,14 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tim-recall-link-"))
     began = time.monotonic()
     results, panels = await links(workdir)
-    out = Path(__file__).parent
+    out = outputs.output_dir()
+    results = {"source": outputs.source(), "machine": machine(), **results}
     (out / "link.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(panels, out / "link_timeline.png")
     print(render(results))
-    print(f"took {time.monotonic() - began:.1f} s; bench/link.json, bench/link_timeline.png")
+    print(
+        f"took {time.monotonic() - began:.1f} s; {out / 'link.json'}, {out / 'link_timeline.png'}"
+    )
     print(f"process logs in {workdir}", file=sys.stderr)
 
 

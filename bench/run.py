@@ -1,5 +1,8 @@
 """`python -m bench.run` (`make bench`): every scenario, a table, results.json and timeline.png.
 
+They go to bench/out/ (or bench/ itself with BENCH_UPDATE=1, `make bench-update`): see
+bench/README.md for what each scenario measures and how to read the timeline.
+
 Needs RabbitMQ on 127.0.0.1:5672 (guest/guest). The sandbox runs in this process; every worker
 and baseline runs as a process of its own. Targets are reported, not asserted.
 """
@@ -18,12 +21,11 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import link, load, memory_flood, paced, report, waste
+from bench import link, load, memory_flood, outputs, paced, report, waste
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
 
-HERE = Path(__file__).parent
 T = TypeVar("T")
 
 
@@ -72,7 +74,7 @@ async def _check_broker() -> None:
 
 
 async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[Any]]:
-    results: dict[str, Any] = {"machine": report.machine()}
+    results: dict[str, Any] = {"source": outputs.source(), "machine": report.machine()}
     results["idle_latency_ms"] = await clock.time(
         "idle latency", lambda: load.idle_latency(workdir)
     )
@@ -121,11 +123,12 @@ async def main() -> None:
         raise
     shutil.rmtree(workdir, ignore_errors=True)
     results["total_s"] = round(time.monotonic() - clock.start, 1)
-    report.write(results, HERE / "results.json")
-    plot(panels, HERE / "timeline.png")
+    out = outputs.output_dir()
+    report.write(results, out / "results.json")
+    plot(panels, out / "timeline.png")
     print(report.render(results))
     print(
-        f"\nresults in {HERE / 'results.json'}, timeline in {HERE / 'timeline.png'}; "
+        f"\nresults in {out / 'results.json'}, timeline in {out / 'timeline.png'}; "
         f"total {results['total_s']} s"
     )
 
