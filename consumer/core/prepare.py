@@ -110,18 +110,12 @@ def prepare(
         return AlreadySettled()
     recalled_at = memory.recalled_at(request.task_id, now)
     if recalled_at is not None:
-        return Refuse(
-            ErrorCode.ALREADY_RECALLED,
-            f"already recalled by tim-recall at {_iso(recalled_at)}",
-            Reason.DUPLICATE,
-        )
+        info = f"already recalled by tim-recall at {_iso(recalled_at)}"
+        return Refuse(ErrorCode.ALREADY_RECALLED, info, Reason.DUPLICATE)
     expired_at = memory.expired_at(request.task_id, now)
     if expired_at is not None:
-        return Refuse(
-            ErrorCode.WINDOW_PASSED,
-            f"the API answered 90052 for this TaskId at {_iso(expired_at)}",
-            Reason.EXPIRED,
-        )
+        info = f"the API answered 90052 for this TaskId at {_iso(expired_at)}"
+        return Refuse(ErrorCode.WINDOW_PASSED, info, Reason.EXPIRED)
     closed = window_closed(request.task_id, first_seen, rules, now, published_at)
     if closed is not None:
         return closed

@@ -16,7 +16,8 @@ import pytest
 from consumer.core.topology import Topology, declare
 from consumer.sandbox import Sandbox
 from tests.cluster.conftest import NODES, Cluster
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     events_named,
     ledger,
@@ -28,15 +29,7 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import (  # noqa: F401 - fixtures used by these tests
-    OVERWRITE,
-    Names,
-    SpawnWorker,
-    names,
-    sandbox,
-    sandbox_url,
-    spawn_worker,
-)
+from tests.support.workers import SpawnWorker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults, pytest.mark.integration]
 
@@ -44,7 +37,7 @@ REQUESTS = 40
 
 
 @pytest.fixture
-async def on_node(cluster: Cluster, names: Names) -> AsyncIterator[dict[str, FaultBroker]]:  # noqa: F811
+async def on_node(cluster: Cluster, names: Names) -> AsyncIterator[dict[str, FaultBroker]]:
     """A helper connection per node (the test uses one that survives the kill)."""
     helpers: dict[str, FaultBroker] = {}
     for short in NODES:
@@ -65,7 +58,7 @@ async def on_node(cluster: Cluster, names: Names) -> AsyncIterator[dict[str, Fau
                 await helper.connection.close()
 
 
-def longest_pause(sandbox: Sandbox, around: float) -> float:  # noqa: F811
+def longest_pause(sandbox: Sandbox, around: float) -> float:
     """The longest gap between accepted calls (answered 0) within 30 s after `around`."""
     arrivals = [c.arrived for c in sandbox.revoke_calls() if c.code == 0]
     gaps = [b - a for a, b in itertools.pairwise(arrivals) if around - 5 <= b <= around + 30]
@@ -89,9 +82,9 @@ def longest_pause(sandbox: Sandbox, around: float) -> float:  # noqa: F811
 )
 async def test_kill_9_of_a_node_loses_nothing(
     cluster: Cluster,
-    names: Names,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
-    spawn_worker: SpawnWorker,  # noqa: F811
+    names: Names,
+    sandbox: Sandbox,
+    spawn_worker: SpawnWorker,
     on_node: dict[str, FaultBroker],
     kill: str,
 ) -> None:

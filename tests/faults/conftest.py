@@ -1,5 +1,4 @@
-"""Fixtures of the fault suite: the integration fixtures, and a broker helper whose teardown
-survives a broker restart."""
+"""Fixtures of the fault suite: a broker helper whose teardown survives a broker restart."""
 
 from __future__ import annotations
 
@@ -9,21 +8,14 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from tests.faults.support import FaultBroker
-from tests.integration.conftest import (  # noqa: F401 - fixtures re-exported for this package
-    Names,
-    names,
-    run_worker,
-    sandbox,
-    sandbox_url,
-    spawn_worker,
-)
+from tests.support.broker import Names
+from tests.support.faults import FaultBroker
 
 
 @pytest.fixture
 async def broker(
     amqp_url: str,
-    names: Names,  # noqa: F811 - the fixture re-exported above
+    names: Names,
 ) -> AsyncIterator[FaultBroker]:
     """Like the integration `broker`, but its teardown reconnects when the connection died."""
     helper = FaultBroker(await aio_pika.connect(amqp_url), names, amqp_url)

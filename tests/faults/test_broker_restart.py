@@ -15,7 +15,8 @@ from datetime import datetime
 import pytest
 
 from consumer.sandbox import Sandbox
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     broker_app_stopped,
     events_named,
@@ -27,7 +28,7 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import OVERWRITE, Names, SpawnWorker
+from tests.support.workers import SpawnWorker
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 
 from consumer.sandbox import SandboxConfig
 from schemas.events import H_ATTEMPTS, H_ERROR_CODE, H_ERROR_SOURCE
-from tests.faults.support import (
+from tests.support.broker import Names
+from tests.support.faults import (
     FaultBroker,
     RecordingSandbox,
     events_named,
@@ -43,7 +44,7 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import Names, SpawnWorker, WorkerFactory
+from tests.support.workers import SpawnWorker, WorkerFactory
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

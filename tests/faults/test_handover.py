@@ -10,7 +10,8 @@ import signal
 import pytest
 
 from consumer.sandbox import Sandbox, SandboxConfig
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     event_time,
     events_named,
@@ -21,7 +22,7 @@ from tests.faults.support import (
     request_for,
     wait_until,
 )
-from tests.integration.conftest import OVERWRITE, Names, SpawnWorker, WorkerProcess
+from tests.support.workers import SpawnWorker, WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

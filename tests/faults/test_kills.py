@@ -15,7 +15,8 @@ from structlog.testing import capture_logs
 from consumer.core.stream import result_message
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, H_LINEAGE, ResultEvent
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     events_named,
     kill,
@@ -28,7 +29,7 @@ from tests.faults.support import (
     take_unacked_then_drop,
     wait_until,
 )
-from tests.integration.conftest import OVERWRITE, Names, SpawnWorker, WorkerFactory
+from tests.support.workers import SpawnWorker, WorkerFactory
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

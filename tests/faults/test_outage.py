@@ -10,7 +10,8 @@ import time
 import pytest
 
 from consumer.sandbox import Sandbox
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     events_named,
     ledger,
@@ -21,7 +22,7 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import OVERWRITE, Names, SpawnWorker
+from tests.support.workers import SpawnWorker
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

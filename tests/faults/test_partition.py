@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from consumer.sandbox import Sandbox
-from tests.conftest import broker_address
-from tests.faults.support import (
+from tests.support.broker import OVERWRITE, Names, broker_address
+from tests.support.faults import (
     FaultBroker,
     event_time,
     events_named,
@@ -22,8 +22,8 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import OVERWRITE, Names, SpawnWorker, free_port
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import SpawnWorker, free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -14,7 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from consumer.sandbox import SandboxConfig
-from tests.faults.support import (
+from tests.support.broker import FAST_INTERVAL_S, OVERWRITE, Names
+from tests.support.faults import (
     FaultBroker,
     Published,
     RecordingSandbox,
@@ -27,13 +28,7 @@ from tests.faults.support import (
     stop,
     wait_until,
 )
-from tests.integration.conftest import (
-    FAST_INTERVAL_S,
-    OVERWRITE,
-    Names,
-    SpawnWorker,
-    WorkerFactory,
-)
+from tests.support.workers import SpawnWorker, WorkerFactory
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -8,16 +8,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from consumer.sandbox import Sandbox
-from tests.conftest import broker_address
-from tests.integration.conftest import (
-    OVERWRITE,
-    Broker,
-    Names,
-    WorkerFactory,
-    free_port,
-    wait_until,
-)
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.broker import OVERWRITE, Broker, Names, broker_address, wait_until
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import WorkerFactory, free_port
 
 pytestmark = pytest.mark.integration
 CONNECTED = ("broker_connected", "broker_reconnected")

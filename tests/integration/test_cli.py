@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Broker, Names
+from tests.support.broker import Broker, Names
 from tests.unit.test_broker_errors import CERT_PEM, KEY_PEM
 
 pytestmark = pytest.mark.integration

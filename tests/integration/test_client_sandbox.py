@@ -14,7 +14,8 @@ from consumer.core.results import ApiAnswer, FailureKind, TransportFailure
 from consumer.core.usersig import UserSigCache
 from consumer.sandbox import Sandbox, SandboxConfig
 from schemas.recall import RecallRequest
-from tests.integration.conftest import OVERWRITE, Broker, WorkerFactory, wait_until
+from tests.support.broker import OVERWRITE, Broker, wait_until
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

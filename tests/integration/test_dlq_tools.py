@@ -33,7 +33,8 @@ from schemas.events import (
     H_LINEAGE,
     H_RELEASES,
 )
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory, wait_until
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,8 @@ import pytest
 from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox
 from schemas.events import ResultEvent
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory
+from tests.support.broker import OVERWRITE, Broker, Names
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

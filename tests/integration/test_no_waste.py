@@ -15,15 +15,8 @@ import pytest
 from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, ResultEvent
-from tests.integration.conftest import (
-    OVERWRITE,
-    Broker,
-    Names,
-    SpawnWorker,
-    WorkerFactory,
-    active_replica,
-    wait_until,
-)
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.workers import SpawnWorker, WorkerFactory, active_replica
 
 pytestmark = pytest.mark.integration
 

@@ -14,16 +14,9 @@ import pytest
 from consumer.core.metrics import Metrics
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE
-from tests.integration.conftest import (
-    OVERWRITE,
-    Broker,
-    Names,
-    SpawnWorker,
-    WorkerFactory,
-    WorkerProcess,
-    wait_until,
-)
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import SpawnWorker, WorkerFactory, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

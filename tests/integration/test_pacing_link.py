@@ -9,7 +9,8 @@ import pytest
 
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
 from consumer.sandbox.link import LinkConfig, sandbox_link
-from tests.integration.conftest import OVERWRITE, Broker, WorkerFactory
+from tests.support.broker import OVERWRITE, Broker
+from tests.support.workers import WorkerFactory
 
 INTERVAL_S = 0.25  # short, so that a backlog is quick; the link is long relative to it
 LINK = LinkConfig(one_way_s=0.04, jitter_s=0.01, seed=14)

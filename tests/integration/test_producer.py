@@ -21,7 +21,8 @@ from consumer.producer import (
 )
 from consumer.sandbox import Sandbox
 from schemas.recall import InvalidRequest
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory
+from tests.support.broker import OVERWRITE, Broker, Names
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

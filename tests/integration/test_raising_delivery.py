@@ -11,7 +11,8 @@ import consumer.core.worker
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE
 from schemas.recall import RecallRequest, parse_request
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory, wait_until
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

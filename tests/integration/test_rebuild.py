@@ -19,7 +19,7 @@ from consumer.core.memory import RANKS, RecallMemory
 from consumer.core.rebuild import rebuild_memory
 from consumer.core.stream import MARKER_TYPE, result_message
 from schemas.events import ResultEvent
-from tests.integration.conftest import Broker
+from tests.support.broker import Broker
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,9 @@ from structlog.testing import capture_logs
 from consumer.core.stream import RESULT_TYPE
 from consumer.sandbox import Sandbox
 from schemas.events import ResultEvent
-from tests.faults.support import read_all_results
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory, wait_until
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.faults import read_all_results
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

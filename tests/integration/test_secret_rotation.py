@@ -8,7 +8,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from consumer.sandbox import Sandbox
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory, wait_until
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

@@ -11,15 +11,10 @@ from structlog.testing import capture_logs
 
 from consumer.core.settle import Settler, Step
 from consumer.sandbox import Sandbox
-from tests.faults.support import read_all_results
-from tests.integration.conftest import (
-    OVERWRITE,
-    Broker,
-    Names,
-    WorkerFactory,
-    wait_until,
-)
-from tests.integration.tcp_proxy import TcpProxy
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.faults import read_all_results
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

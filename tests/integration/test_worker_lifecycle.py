@@ -10,15 +10,8 @@ import httpx
 import pytest
 
 from consumer.sandbox import Sandbox
-from tests.integration.conftest import (
-    OVERWRITE,
-    Broker,
-    Names,
-    SpawnWorker,
-    WorkerFactory,
-    active_replica,
-    wait_until,
-)
+from tests.support.broker import OVERWRITE, Broker, Names, wait_until
+from tests.support.workers import SpawnWorker, WorkerFactory, active_replica
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from schemas.events import (
     H_ERROR_INFO,
     H_ERROR_SOURCE,
 )
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory
+from tests.support.broker import OVERWRITE, Broker, Names
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

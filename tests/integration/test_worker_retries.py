@@ -10,7 +10,8 @@ import pytest
 
 from consumer.sandbox import Sandbox, SandboxConfig
 from schemas.events import H_ATTEMPTS, H_ERROR_CODE, H_ERROR_SOURCE, H_FIRST_SEEN
-from tests.integration.conftest import OVERWRITE, Broker, Names, WorkerFactory
+from tests.support.broker import OVERWRITE, Broker, Names
+from tests.support.workers import WorkerFactory
 
 pytestmark = pytest.mark.integration
 

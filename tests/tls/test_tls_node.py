@@ -7,7 +7,7 @@ import ssl
 import aio_pika
 import pytest
 
-from tests.tls.conftest import TlsNode
+from tests.support.tls import TlsNode
 
 pytestmark = pytest.mark.tls
 

@@ -7,28 +7,18 @@ import aio_pika
 import pytest
 
 from consumer.sandbox import Sandbox
-from tests.integration.conftest import (  # noqa: F401 - fixtures used by these tests
-    OVERWRITE,
-    Broker,
-    Names,
-    SpawnWorker,
-    WorkerFactory,
-    names,
-    run_worker,
-    sandbox,
-    sandbox_url,
-    spawn_worker,
-)
-from tests.tls.conftest import TlsNode
+from tests.support.broker import OVERWRITE, Broker, Names
+from tests.support.tls import TlsNode
+from tests.support.workers import SpawnWorker, WorkerFactory
 
 pytestmark = [pytest.mark.tls, pytest.mark.integration]
 
 
 async def test_a_worker_recalls_over_tls_with_a_client_certificate(
     tls_node: TlsNode,
-    names: Names,  # noqa: F811
-    sandbox: Sandbox,  # noqa: F811
-    run_worker: WorkerFactory,  # noqa: F811
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
 ) -> None:
     url = tls_node.url(client_cert=True)
     connection = await aio_pika.connect(url, timeout=15)
@@ -48,7 +38,7 @@ async def test_a_worker_recalls_over_tls_with_a_client_certificate(
 
 async def test_a_certificate_that_does_not_verify_exits_2_with_one_line(
     tls_node: TlsNode,
-    spawn_worker: SpawnWorker,  # noqa: F811
+    spawn_worker: SpawnWorker,
 ) -> None:
     worker = await spawn_worker(RECALL_AMQP_URL=tls_node.wrong_ca_url)
     assert await worker.exit_code(timeout=30) == 2

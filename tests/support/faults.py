@@ -26,8 +26,8 @@ from starlette.responses import Response
 from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox, SandboxConfig
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, ResultEvent
-from tests.conftest import broker_address
-from tests.integration.conftest import Broker, Names, WorkerProcess, wait_until
+from tests.support.broker import Broker, Names, broker_address, wait_until
+from tests.support.workers import WorkerProcess
 
 # ---- a broker helper that can reconnect ---------------------------------------------------------
 
