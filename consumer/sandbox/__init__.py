@@ -3,6 +3,7 @@
 Imports only `consumer.core` (the UserSig check, the HTTP plumbing), never `consumer.ops`.
 """
 
-from consumer.sandbox.api import CallRecord, Sandbox, SandboxConfig, run_sandbox, serve_sandbox
+from consumer.sandbox.app import Sandbox, run_sandbox, serve_sandbox
+from consumer.sandbox.records import CallRecord, SandboxConfig
 
 __all__ = ["CallRecord", "Sandbox", "SandboxConfig", "run_sandbox", "serve_sandbox"]

@@ -5,18 +5,19 @@ No auth: the sandbox listens on 127.0.0.1 by default and holds no real secret.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from consumer.sandbox.api import Sandbox
+from consumer.sandbox.calls import CallLog
+from consumer.sandbox.checks import json_object
+from consumer.sandbox.faults import Fault, Faults
+from consumer.sandbox.store import TaskStore
 
 
 class _Strict(BaseModel):
@@ -53,39 +54,37 @@ class _OutageIn(_Strict):
 _AdminAction = Callable[[Request, dict[str, Any]], Any]
 
 
-def json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is not one."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _new_task(sandbox: Sandbox, doc: dict[str, Any]) -> dict[str, str]:
+def _new_task(tasks: TaskStore, doc: dict[str, Any]) -> dict[str, str]:
     new = _NewTask.model_validate(doc)
-    start = sandbox.now() - new.backdate_s
+    start = tasks.now() - new.backdate_s
     if new.task_id is None:
-        return {"TaskId": sandbox.create_task(online_only=new.online_only, started_at=start)}
-    sandbox.add_task(new.task_id, online_only=new.online_only, started_at=start)
+        return {"TaskId": tasks.create_task(online_only=new.online_only, started_at=start)}
+    tasks.add_task(new.task_id, online_only=new.online_only, started_at=start)
     return {"TaskId": new.task_id}
 
 
-def admin_routes(sandbox: Sandbox) -> list[Route]:
-    """The /sandbox/ routes that control `sandbox` from another process."""
+def _fault(doc: dict[str, Any]) -> Fault:
+    f = _FaultIn(**doc)
+    return Fault(f.n, f.task_id, f.code, f.http_status, f.hang)
+
+
+def admin_routes(
+    tasks: TaskStore, faults: Faults, calls: CallLog, reset: Callable[[], None]
+) -> list[Route]:
+    """The /sandbox/ routes that control a sandbox's parts from another process."""
     actions: dict[tuple[str, str], _AdminAction] = {
         ("GET", "health"): lambda r, d: {"ok": True},
-        ("GET", "tasks"): lambda r, d: sandbox.task_records(),
-        ("POST", "tasks"): lambda r, d: _new_task(sandbox, d),
-        ("POST", "tasks/{task_id:path}/backdate"): lambda r, d: sandbox.backdate(
+        ("GET", "tasks"): lambda r, d: tasks.task_records(),
+        ("POST", "tasks"): lambda r, d: _new_task(tasks, d),
+        ("POST", "tasks/{task_id:path}/backdate"): lambda r, d: tasks.backdate(
             r.path_params["task_id"], _Seconds(**d).seconds
         ),
-        ("POST", "faults"): lambda r, d: sandbox.fail_next(**_FaultIn(**d).model_dump()),
-        ("DELETE", "faults"): lambda r, d: sandbox.clear_faults(),
-        ("POST", "latency"): lambda r, d: sandbox.set_latency(_Seconds(**d).seconds),
-        ("POST", "outage"): lambda r, d: sandbox.outage(**_OutageIn(**d).model_dump()),
-        ("GET", "calls"): lambda r, d: [asdict(c) for c in sandbox.call_records()],
-        ("POST", "reset"): lambda r, d: sandbox.reset(),
+        ("POST", "faults"): lambda r, d: faults.plan(_fault(d)),
+        ("DELETE", "faults"): lambda r, d: faults.clear(),
+        ("POST", "latency"): lambda r, d: faults.set_latency(_Seconds(**d).seconds),
+        ("POST", "outage"): lambda r, d: faults.outage(**_OutageIn(**d).model_dump()),
+        ("GET", "calls"): lambda r, d: [asdict(c) for c in calls.snapshot()],
+        ("POST", "reset"): lambda r, d: reset(),
     }
     return [
         Route(f"/sandbox/{path}", _admin_endpoint(action), methods=[method])

@@ -1,0 +1,228 @@
+"""The sandbox: its parts composed into the revoke/push HTTP app, and the ways to serve it."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from consumer.core.serving import base_url, bind, serve_app
+from consumer.sandbox.admin import admin_routes
+from consumer.sandbox.calls import CallLog
+from consumer.sandbox.checks import check_request, json_object, random_param
+from consumer.sandbox.faults import Fault, Faults
+from consumer.sandbox.limiter import ArrivalLimiter
+from consumer.sandbox.pauses import Pauses
+from consumer.sandbox.records import PUSH_PATH, REVOKE_PATH, CallRecord, SandboxConfig
+from consumer.sandbox.store import TaskStore
+from schemas.api import meaning
+
+
+class Sandbox:
+    """In-memory revoke/push service with fault injection and a record of every call."""
+
+    def __init__(
+        self, config: SandboxConfig | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config or SandboxConfig()
+        self._clock = clock
+        # One lock for all parts, so reset forgets everything in one step. A threading lock, so
+        # the control methods are safe from another thread too. Critical sections never await,
+        # so in one event loop they are atomic and never contend. Reentrant: reset holds it
+        # across the parts' own clears.
+        self._lock = threading.RLock()
+        self._tasks = TaskStore(clock, self._lock)
+        self._limiter = ArrivalLimiter(self._lock)
+        self._faults = Faults(self._lock)
+        self._log = CallLog(self._lock)
+        self.calls: list[CallRecord] = self._log.calls
+        self._pauses = Pauses()  # serve_sandbox ends them at exit
+        self._app: Starlette | None = None
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def create_task(self, *, online_only: bool = False, started_at: float | None = None) -> str:
+        """Register a task with a Tencent-shaped TaskId (first part: start time in hex)."""
+        return self._tasks.create_task(online_only=online_only, started_at=started_at)
+
+    def add_task(
+        self, task_id: str, *, online_only: bool = False, started_at: float | None = None
+    ) -> None:
+        """Register a task under a TaskId chosen by the caller; ValueError if it exists."""
+        self._tasks.add_task(task_id, online_only=online_only, started_at=started_at)
+
+    def backdate(self, task_id: str, seconds: float) -> None:
+        """Move a task's start `seconds` into the past; KeyError if unknown."""
+        self._tasks.backdate(task_id, seconds)
+
+    def mark_recalled(self, task_id: str) -> None:
+        """Recall a task behind the worker's back (another client did it); KeyError if unknown."""
+        self._tasks.mark_recalled(task_id)
+
+    def is_recalled(self, task_id: str) -> bool:
+        """Whether the task has been recalled."""
+        return self._tasks.is_recalled(task_id)
+
+    def recalled_task_ids(self) -> list[str]:
+        """TaskIds recalled so far, in recall order."""
+        return self._tasks.recalled_task_ids()
+
+    def task_records(self) -> list[dict[str, Any]]:
+        """Every task as a JSON-ready dict, with whether it was recalled."""
+        return self._tasks.task_records()
+
+    def now(self) -> float:
+        """The sandbox's wall clock (unix seconds)."""
+        return self._clock()
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        n: int,
+        *,
+        task_id: str | None = None,
+        code: int | None = None,
+        http_status: int | None = None,
+        hang: float | None = None,
+    ) -> None:
+        """Make the next n revoke calls (for task_id, or any) fail; default ErrorCode 91000."""
+        self._faults.plan(Fault(n, task_id, code, http_status, hang))
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every API answer by `seconds`, after the call has been processed."""
+        self._faults.set_latency(seconds)
+
+    def outage(self, seconds: float, *, http_status: int = 502, hang: float | None = None) -> None:
+        """For `seconds`, answer every revoke call with `http_status` (or hang, then 504)."""
+        self._faults.outage(seconds, http_status=http_status, hang=hang)
+
+    def clear_faults(self) -> None:
+        """Drop pending failures, any outage and the added latency."""
+        self._faults.clear()
+
+    def reset(self) -> None:
+        """Forget tasks, calls, faults and the rate limiter's memory."""
+        self.clear_faults()
+        with self._lock:
+            self._tasks.clear()
+            self._log.clear()
+            self._limiter.forget()
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def revoke_calls(self) -> list[CallRecord]:
+        """Only the revoke calls, in arrival order."""
+        return self._log.revoke_calls()
+
+    def call_records(self) -> list[CallRecord]:
+        """A copy of every call recorded so far, in arrival order."""
+        return self._log.snapshot()
+
+    async def wait_for(
+        self,
+        predicate: Callable[[list[CallRecord]], bool],
+        timeout: float,  # noqa: ASYNC109 - part of the public interface
+    ) -> None:
+        """Wait until predicate(calls) is true; TimeoutError after `timeout` seconds."""
+        await self._log.until(predicate, timeout)
+
+    # --- the API -----------------------------------------------------------------------------
+
+    async def _revoke(self, request: Request) -> Response:
+        arrived, wall = time.monotonic(), time.time()
+        # No await between the arrival stamp and the rate decision: calls are judged in the
+        # order they arrived, whatever order their bodies finish arriving in.
+        rejected = check_request(request, self.config, self._clock, not_admin=90009)
+        if rejected is None:
+            rejected = self._limiter.arrive(arrived, self.config.min_interval)
+        doc = json_object(await request.body())
+        task_id = doc.get("TaskId") if doc is not None else None
+        task_id = task_id if isinstance(task_id, str) else None
+        opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
+        seen = CallRecord(
+            arrived, wall, REVOKE_PATH, task_id, None, 200, random_param(request), opi, body=doc
+        )
+
+        fault = self._faults.take(arrived, task_id) if rejected is None else None
+        if fault is not None and fault.code is None:  # a bare HTTP error or a hang: no JSON
+            status = fault.http_status or 504
+            self._log.record(replace(seen, http_status=status))
+            await self._pauses.pause(self._faults.latency + (fault.hang or 0.0))
+            return _gateway_error(status)
+        if fault is not None and fault.code is not None:
+            rejected = fault.code, meaning(fault.code)
+        code, info = rejected or self._tasks.judge(doc, task_id, opi, self.config.recall_window)
+        self._log.record(replace(seen, code=code))
+        return await self._answer(code, info)
+
+    async def _push(self, request: Request) -> Response:
+        arrived, wall = time.monotonic(), time.time()
+        rejected = check_request(request, self.config, self._clock, not_admin=60010)
+        doc = json_object(await request.body())
+        flag = doc.get("OnlineOnlyFlag", 0) if doc is not None else None
+        if rejected is None and (type(flag) is not int or flag not in (0, 1)):
+            rejected = 90001, "body must be a JSON object; OnlineOnlyFlag must be 0 or 1"
+        opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
+        task_id = None if rejected else self.create_task(online_only=flag == 1)
+        code, info = rejected or (0, "")
+        self._log.record(
+            CallRecord(arrived, wall, PUSH_PATH, task_id, code, 200, random_param(request), opi)
+        )
+        return await self._answer(code, info, **({"TaskId": task_id} if task_id else {}))
+
+    async def _answer(self, code: int, info: str, **extra: str) -> Response:
+        await self._pauses.pause(self._faults.latency)
+        status = "OK" if code == 0 else "FAIL"
+        return JSONResponse({"ActionStatus": status, "ErrorInfo": info, "ErrorCode": code, **extra})
+
+    def app(self) -> Starlette:
+        """The ASGI app: the two API paths and the /sandbox/ admin endpoints."""
+        if self._app is None:
+            api = [
+                Route(REVOKE_PATH, self._revoke, methods=["POST"]),
+                Route(PUSH_PATH, self._push, methods=["POST"]),
+            ]
+            admin = admin_routes(self._tasks, self._faults, self._log, self.reset)
+            self._app = Starlette(routes=api + admin)
+        return self._app
+
+
+def _gateway_error(status: int) -> Response:
+    # What a load balancer answers: HTML, not the API's JSON.
+    return HTMLResponse(f"<html><body><h1>{status} Gateway Error</h1></body></html>", status)
+
+
+@contextlib.asynccontextmanager
+async def serve_sandbox(
+    sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve the sandbox in the current event loop; yields its base URL."""
+    # Hanging calls are answered at exit rather than keep the shutdown waiting.
+    async with serve_app(sandbox.app(), host, port, before_exit=sandbox._pauses.end) as url:
+        yield url
+
+
+def run_sandbox(config: SandboxConfig, host: str, port: int) -> None:
+    """Run the sandbox until interrupted (the `tim-recall sandbox` command)."""
+    sandbox = Sandbox(config)
+    sock = bind(host, port)
+    admin = min(config.admins, default="")
+    print(
+        f"tim-recall sandbox at {base_url(sock)} sdkappid={config.sdkappid} "
+        f"identifier={admin} secret_key={config.secret_key}",
+        flush=True,
+    )
+    uvicorn_config = uvicorn.Config(
+        sandbox.app(), log_level="warning", access_log=False, lifespan="off"
+    )
+    uvicorn.Server(uvicorn_config).run(sockets=[sock])

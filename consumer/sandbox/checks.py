@@ -1,0 +1,60 @@
+"""What the API checks in a request before it looks at tasks: query, UserSig, admin, JSON body."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+
+from consumer.core.usersig import UserSigError, verify_usersig
+from consumer.sandbox.records import U32, SandboxConfig
+from schemas.api import meaning
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
+def check_request(
+    request: Request, config: SandboxConfig, clock: Callable[[], float], not_admin: int
+) -> tuple[int, str] | None:
+    """Query parameters, UserSig and admin checks, in the server's order; None when all pass."""
+    q = request.query_params
+    if q.get("contenttype") != "json":
+        return 60002, "contenttype must be json"
+    appid = q.get("sdkappid", "")
+    if not appid:
+        return 60012, meaning(60012)
+    if not _DIGITS.fullmatch(appid) or int(appid) != config.sdkappid:
+        return 60006, meaning(60006)
+    identifier, usersig = q.get("identifier", ""), q.get("usersig", "")
+    if not identifier:
+        return 60004, "identifier missing"
+    if not usersig:
+        return 70002, meaning(70002)
+    rnd = q.get("random", "")
+    if not _DIGITS.fullmatch(rnd) or int(rnd) > U32:
+        return 60002, "random must be an integer from 0 to 4294967295"
+    try:
+        verify_usersig(usersig, config.sdkappid, identifier, config.secret_key, now=clock())
+    except UserSigError as exc:
+        return exc.code, exc.reason
+    if identifier not in config.admins:
+        return not_admin, meaning(not_admin)
+    return None
+
+
+def random_param(request: Request) -> int | None:
+    """The query's `random` as a number, or None when it is not one."""
+    rnd = request.query_params.get("random", "")
+    return int(rnd) if _DIGITS.fullmatch(rnd) else None
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None

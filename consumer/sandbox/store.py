@@ -1,0 +1,118 @@
+"""The sandbox's tasks: TaskIds made as Tencent makes them, and how a recall of each is answered."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from consumer.sandbox.records import U32
+from schemas.api import meaning
+
+
+@dataclass
+class _Task:
+    task_id: str
+    online_only: bool
+    started_at: float
+    recalled_at: float | None = None
+
+
+class TaskStore:
+    """Tasks by TaskId on the sandbox's wall clock, and the order they were recalled in."""
+
+    def __init__(self, clock: Callable[[], float], lock: threading.RLock) -> None:
+        self._clock = clock
+        self._lock = lock
+        self._rng = random.Random()
+        self._seq = 0
+        self._tasks: dict[str, _Task] = {}
+        self._recalled: list[str] = []
+
+    def now(self) -> float:
+        """The sandbox's wall clock (unix seconds)."""
+        return self._clock()
+
+    def create_task(self, *, online_only: bool = False, started_at: float | None = None) -> str:
+        """Register a task with a Tencent-shaped TaskId (first part: start time in hex)."""
+        start = self._clock() if started_at is None else started_at
+        with self._lock:
+            while True:
+                self._seq += 1
+                r = self._rng.getrandbits
+                task_id = (
+                    f"{max(0, int(start)) & U32:08x}_{r(32):08x}_{r(60):015x}"
+                    f"_{r(32):08x}_{self._seq & 0xFFFFFF:06x}"
+                )
+                if task_id not in self._tasks:
+                    self._tasks[task_id] = _Task(task_id, online_only, start)
+                    return task_id
+
+    def add_task(
+        self, task_id: str, *, online_only: bool = False, started_at: float | None = None
+    ) -> None:
+        """Register a task under a TaskId chosen by the caller; ValueError if it exists."""
+        start = self._clock() if started_at is None else started_at
+        with self._lock:
+            if task_id in self._tasks:
+                raise ValueError(f"task {task_id!r} already exists")
+            self._tasks[task_id] = _Task(task_id, online_only, start)
+
+    def backdate(self, task_id: str, seconds: float) -> None:
+        """Move a task's start `seconds` into the past; KeyError if unknown."""
+        with self._lock:
+            self._tasks[task_id].started_at -= seconds
+
+    def mark_recalled(self, task_id: str) -> None:
+        """Recall a task behind the worker's back (another client did it); KeyError if unknown."""
+        now = self._clock()
+        with self._lock:
+            task = self._tasks[task_id]
+            if task.recalled_at is None:
+                task.recalled_at = now
+                self._recalled.append(task_id)
+
+    def is_recalled(self, task_id: str) -> bool:
+        """Whether the task has been recalled."""
+        task = self._tasks.get(task_id)
+        return task is not None and task.recalled_at is not None
+
+    def recalled_task_ids(self) -> list[str]:
+        """TaskIds recalled so far, in recall order."""
+        with self._lock:
+            return list(self._recalled)
+
+    def task_records(self) -> list[dict[str, Any]]:
+        """Every task as a JSON-ready dict, with whether it was recalled."""
+        with self._lock:
+            tasks = list(self._tasks.values())
+        return [asdict(t) | {"recalled": t.recalled_at is not None} for t in tasks]
+
+    def judge(
+        self, doc: dict[str, Any] | None, task_id: str | None, opi: bool, recall_window: float
+    ) -> tuple[int, str]:
+        """A revoke call's answer from the task records; a recall that passes is recorded."""
+        if doc is None:
+            return 90001, meaning(90001)
+        now = self._clock()
+        with self._lock:
+            task = self._tasks.get(task_id) if task_id is not None else None
+            if task is None:
+                return 90049, meaning(90049)
+            if now > task.started_at + recall_window:
+                return 90052, meaning(90052)
+            if task.recalled_at is not None:
+                return 90050, meaning(90050)
+            if not task.online_only and not opi:
+                return 90053, meaning(90053)
+            task.recalled_at = now
+            self._recalled.append(task.task_id)
+        return 0, ""
+
+    def clear(self) -> None:
+        """Forget every task."""
+        with self._lock:
+            self._tasks.clear()
+            self._recalled.clear()
