@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
+import graphlib
 import itertools
 import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import consumer.sandbox
 from consumer.core.usersig import make_usersig
 from consumer.sandbox import (
     CallRecord,
@@ -513,3 +517,18 @@ async def test_shutdown_does_not_wait_for_hanging_calls() -> None:
         assert time.monotonic() - started < 2
         # Shutting down cut the hang short: the call got its 504 instead of a dropped line.
         assert (await pending).status_code == 504
+
+
+def test_modules_import_one_way_and_only_core() -> None:
+    """No import cycle among the sandbox's modules (TYPE_CHECKING imports count too), and of the
+    rest of the project only consumer.core."""
+    graph: dict[str, set[str]] = {}
+    for path in Path(consumer.sandbox.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        ours = {n for n in names if n.split(".")[0] == "consumer"}
+        assert all(n.startswith(("consumer.core.", "consumer.sandbox")) for n in ours), path
+        module = "consumer.sandbox" + ("" if path.stem == "__init__" else f".{path.stem}")
+        graph[module] = {n for n in ours if n.startswith("consumer.sandbox")}
+    graphlib.TopologicalSorter(graph).prepare()  # CycleError names the cycle
