@@ -25,7 +25,7 @@ from consumer.core.fence import silent_for
 from consumer.core.halt import HaltProbe
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
-from consumer.core.nodes import NoNodeReachable, connect_first, node_of, split_urls
+from consumer.core.nodes import Connect, NoNodeReachable, connect_first, node_of, split_urls
 from consumer.core.pacing import Pacer, sleep_unless_set
 from consumer.core.policy import HANDLING_FAILED, History, Outcome, Reason
 from consumer.core.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
@@ -81,6 +81,7 @@ class Worker:
         clock: Clock = time.time,
         memory: RecallMemory | None = None,
         on_settled: Callable[[ResultEvent], None] | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -91,6 +92,7 @@ class Worker:
         self._pacer = pacer
         self._clock = clock
         self._on_settled = on_settled
+        self._connect_to = connect  # one attempt at one URL; None: consumer.core.broker.connect
         self._stopping = asyncio.Event()
         self._recaller = Recaller(
             client, pacer, metrics, config.retry, self._stopping, connected=self._broker_connected
@@ -229,6 +231,8 @@ class Worker:
     async def _open(self, url: str) -> AbstractConnection:
         # A refused login or a certificate that does not verify is a ConfigurationError, raised
         # through: `tim-recall run` exits 2 with one line instead of retrying forever.
+        if self._connect_to is not None:  # a test's in-memory broker
+            return await self._connect_to(url)
         return await connect(url, client_properties={"connection_name": "tim-recall"})
 
     async def _start_consuming(self) -> None:
