@@ -1,5 +1,5 @@
-"""consumer/ops/dlq.py, the pure parts: a dead letter is described whatever it holds; a replay is a
-new request; a copy for the tail is the message as it was."""
+"""consumer/ops/dlq/, the pure parts (letter.py, copies.py): a dead letter is described whatever it
+holds; a replay is a new request; a copy for the tail is the message as it was."""
 
 from __future__ import annotations
 

@@ -1,0 +1,34 @@
+"""Dead-letter tools: list, replay and purge, in bounded memory, each safe while workers run.
+
+`letter.py` describes and matches a dead letter whatever it holds (no broker), `copies.py` builds
+what a replay or a kept copy publishes, `walk.py` is the one order-keeping pass over the queue
+(and says why it is a pass), `tools.py` the commands' entry points over the broker.
+"""
+
+from consumer.ops.dlq.copies import replayed, requeued
+from consumer.ops.dlq.letter import DeadLetter, describe, describe_delivery, matcher, task_id_of
+from consumer.ops.dlq.tools import (
+    Summary,
+    count_dead_letters,
+    each_dead_letter,
+    list_dead_letters,
+    move_dead_letters,
+)
+from consumer.ops.dlq.walk import PREFETCH, DlqError
+
+__all__ = [
+    "PREFETCH",
+    "DeadLetter",
+    "DlqError",
+    "Summary",
+    "count_dead_letters",
+    "describe",
+    "describe_delivery",
+    "each_dead_letter",
+    "list_dead_letters",
+    "matcher",
+    "move_dead_letters",
+    "replayed",
+    "requeued",
+    "task_id_of",
+]
