@@ -1,0 +1,51 @@
+"""The commands that run something: the worker, the demo, the API sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from consumer.core.broker import check
+from consumer.core.settings import load_settings
+from consumer.ops.app import run_worker
+from consumer.ops.cli.console import EXIT_FAILURE, logging_for, quiet_libraries
+from consumer.ops.demo import run_demo
+from consumer.sandbox import SandboxConfig, run_sandbox
+
+
+@click.command()
+def run() -> None:
+    """Run the worker until SIGTERM or SIGINT."""
+
+    settings = load_settings()
+    settings.require_sdkappid()
+    settings.secret_key()
+    logging_for(settings)
+    asyncio.run(run_worker(settings))
+
+
+@click.command()
+def demo() -> None:
+    """Start a sandbox, run the worker against it, and show every outcome (under 30 s)."""
+
+    settings = load_settings()
+    quiet_libraries()
+    asyncio.run(check(settings.amqp_url.get_secret_value()))  # one line, not a wait, if down
+    quiet_libraries(False)
+    logging_for(settings)
+    ok = asyncio.run(run_demo(settings))
+    sys.exit(0 if ok else EXIT_FAILURE)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--min-interval", default=1.0, show_default=True, help="The API's frequency limit, s."
+)
+def sandbox(host: str, port: int, min_interval: float) -> None:
+    """Serve a local sandbox of the revoke API (no credentials needed)."""
+
+    run_sandbox(SandboxConfig(min_interval=min_interval), host, port)
