@@ -14,7 +14,7 @@ from typing import Literal
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError
+from aio_pika.exceptions import ChannelInvalidStateError, DeliveryError, PublishError
 from structlog.typing import FilteringBoundLogger
 
 from consumer.core.backoff import Backoff
@@ -99,6 +99,9 @@ class Progress:
     envelope: Envelope | None = None  # as settled (a copy carries these headers)
     event: ResultEvent | None = None
     done: set[Step] = field(default_factory=set)
+    # Logged and counted: an ack lost without an error makes a redelivery settle it again,
+    # and that one must not be told a second time.
+    told: bool = False
 
 
 class Journal:
@@ -268,7 +271,8 @@ class Settler:
                 log.warning(
                     "settle_step_retry", step=name.value, attempt=attempt, error=type(exc).__name__
                 )
-                await asyncio.sleep(STEP_BACKOFF.wait_s(attempt))
+                if attempt < STEP_TRIES:  # after the last try, give it back at once
+                    await asyncio.sleep(STEP_BACKOFF.wait_s(attempt))
         # Never leave a delivery held on a live channel: hand it back so it is tried again.
         log.error("settle_failed", step=name.value, tries=STEP_TRIES)
         await self.give_back(message, log)
@@ -302,8 +306,9 @@ class Settler:
     ) -> None:
         try:
             await publish_confirmed(self._publisher, message, routing_key)
-        except DeliveryError:
-            # Unroutable: a queue was deleted under us. Declare the topology again, retry once.
+        except PublishError:
+            # Returned unroutable: a queue was deleted under us. Declare the topology again and
+            # retry once. (A nack is a plain DeliveryError: the step's own retry handles it.)
             log.warning("queue_missing_redeclaring", routing_key=routing_key)
             await declare(self._connection, self._topology)
             await publish_confirmed(self._publisher, message, routing_key)

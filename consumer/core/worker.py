@@ -367,7 +367,8 @@ class Worker:
             return self._epoch != epoch or gone
 
         settled = await self._settler.settle(message, envelope, verdict, log, progress, void=void)
-        if settled.done:
+        if settled.done and not progress.told:
+            progress.told = True
             duration = time.monotonic() - delivery.started
             self._tell(message, verdict, settled.event, duration, log)
         return settled
