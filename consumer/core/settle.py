@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 from consumer.core.backoff import Backoff
 from consumer.core.envelope import Envelope, dead_letter_message, republish_message
 from consumer.core.policy import Action, Outcome, Reason, ReplyResult, action_for
-from consumer.core.stream import publish_confirmed, result_message
+from consumer.core.stream import StreamWriter, publish_confirmed, result_message
 from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
 
@@ -171,6 +171,8 @@ class Settler:
     ) -> None:
         self._connection = connection
         self._publisher = publisher
+        # Results events never go through `publisher`: see StreamWriter (RabbitMQ 3.10).
+        self._results = StreamWriter(connection, topology.results_stream)
         self._topology = topology
         self._clock = clock
         self._on_told = on_told
@@ -305,12 +307,19 @@ class Settler:
         self, message: aio_pika.Message, routing_key: str, log: FilteringBoundLogger
     ) -> None:
         try:
-            await publish_confirmed(self._publisher, message, routing_key)
+            await self._send(message, routing_key)
         except PublishError:
             # Returned unroutable: a queue was deleted under us. Declare the topology again and
             # retry once. (A nack is a plain DeliveryError: the step's own retry handles it.)
             log.warning("queue_missing_redeclaring", routing_key=routing_key)
             await declare(self._connection, self._topology)
+            await self._send(message, routing_key)
+
+    async def _send(self, message: aio_pika.Message, routing_key: str) -> None:
+        """A results event through the stream's own writer, anything else through `publisher`."""
+        if routing_key == self._results.stream:
+            await self._results.publish(message)
+        else:
             await publish_confirmed(self._publisher, message, routing_key)
 
 
