@@ -65,21 +65,7 @@ def longest_pause(sandbox: Sandbox, around: float) -> float:
     return max(gaps, default=0.0)
 
 
-@pytest.mark.parametrize(
-    "kill",
-    [
-        pytest.param(
-            "leader",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RabbitMQ 3.10: with the results stream's leader killed, one confirmed "
-                "results event is missing from the stream afterwards (its publish first hung "
-                "15 s, then was retried and confirmed); every recall is made once, 0 x 90051",
-            ),
-        ),
-        "connected",
-    ],
-)
+@pytest.mark.parametrize("kill", ["leader", "connected"])
 async def test_kill_9_of_a_node_loses_nothing(
     cluster: Cluster,
     names: Names,
