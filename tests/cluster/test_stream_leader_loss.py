@@ -19,7 +19,7 @@ import uuid
 import aio_pika
 import pytest
 
-from consumer.stream import StreamWriter
+from consumer.core.stream import StreamWriter
 from tests.cluster.conftest import NODES, Cluster
 
 pytestmark = pytest.mark.cluster
