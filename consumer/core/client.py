@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -19,6 +20,21 @@ from schemas.recall import RecallRequest
 REVOKE_PATH = "/v4/timpush/revoke"
 JSON_HEADERS = {"Content-Type": "application/json"}
 RANDOM_RANGE = 2**32  # `random` is an unsigned 32-bit integer
+# httpcore's trace events (`<http11|http2>.<step>.<started|complete|failed>`) that bound the call
+# at the socket: the request's last byte handed to the kernel, the answer's headers read from it.
+SENT_EVENT = ".send_request_body.complete"
+ANSWERED_EVENT = ".receive_response_headers.complete"
+
+
+class CallObserver(Protocol):
+    """Told when a call's request has left and when its answer came, as the socket saw them
+    (the pacer's `Slot`: the round trip without our own work on either side of it)."""
+
+    def request_sent(self) -> None:
+        """The whole request was handed to the socket just now."""
+
+    def answer_received(self) -> None:
+        """The answer's status line and headers were read from the socket just now."""
 
 
 def make_http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
@@ -71,15 +87,20 @@ class RevokeClient:
         """Make a new UserSig before the next call (the server said the old one is no good)."""
         self._usersigs.renew()
 
-    async def revoke(self, request: RecallRequest) -> ApiResult:
-        """Send one recall and report what came of it."""
-        return await self.post(request.api_bytes())
+    async def revoke(
+        self, request: RecallRequest, observer: CallObserver | None = None
+    ) -> ApiResult:
+        """Send one recall and report what came of it (and, to `observer`, when at the socket)."""
+        return await self.post(request.api_bytes(), observer)
 
-    async def post(self, body: bytes) -> ApiResult:
+    async def post(self, body: bytes, observer: CallObserver | None = None) -> ApiResult:
         """POST a JSON `body` to the revoke endpoint (also a probe body while halted)."""
         url = f"{self._signed_url()}&random={self._random()}"
+        extensions = {"trace": _tracer(observer)} if observer is not None else None
         try:
-            response = await self._http.post(url, content=body, headers=JSON_HEADERS)
+            response = await self._http.post(
+                url, content=body, headers=JSON_HEADERS, extensions=extensions
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             return TransportFailure(FailureKind.CONNECT, _describe(exc))
         except httpx.TimeoutException as exc:
@@ -87,6 +108,22 @@ class RevokeClient:
         except httpx.HTTPError as exc:
             return TransportFailure(FailureKind.NETWORK, _describe(exc))
         return _read(response)
+
+
+def _tracer(observer: CallObserver) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """httpx's `trace` extension for one call, reporting the two socket events to `observer`.
+
+    A transport that emits no trace events (a mock, a custom transport) reports nothing: the
+    pacer then has no round trip for the call and does not learn from it.
+    """
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith(SENT_EVENT):
+            observer.request_sent()
+        elif event.endswith(ANSWERED_EVENT):
+            observer.answer_received()
+
+    return trace
 
 
 def _read(response: httpx.Response) -> ApiResult:

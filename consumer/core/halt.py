@@ -61,7 +61,7 @@ class HaltProbe:
     async def _probe_once(self, next_probe_s: float) -> bool:
         async with self._pacer.slot() as slot:
             self._client.renew_usersig()  # picks up a fixed key file
-            result = await self._client.post(PROBE_BODY)
+            result = await self._client.post(PROBE_BODY, slot)
             if result_code(result) is not None:  # the server's own answer
                 slot.answered()
         code = result_code(result)

@@ -2,42 +2,83 @@
 
 Two rules, chosen by `RECALL_PACING`:
 
-``finish``: the next call starts one interval T after the previous one *finished*. A call
-arrives somewhere between its send and its answer, so two arrivals are always >= T apart, but
-each call gives away a whole round trip.
+``finish``: the next call starts one interval T after the previous one's answer came back. A call
+arrives somewhere between its send and its answer, so two arrivals are always >= T apart whatever
+the link; but each call gives away a whole round trip.
 
-``send`` (on paper). Call i is sent at s_i, arrives at a_i = s_i + u_i (u: the trip up, our own
-work before the bytes leave included) and is answered at e_i = a_i + d_i (d: the server's work
-after its arrival stamp and the trip down), so its round trip is r_i = e_i - s_i = u_i + d_i. We
-never learn u_i or d_i, only r_i. Assume the link has floors U <= u and D <= d, and let F be the
-pacer's estimate of U + D (assumed never above the true U + D: see below). Sending call i + 1 at
+``send``: the next call starts one interval after the latest moment the previous call can have
+arrived, as far as the round trips seen so far tell.
 
-    s_{i+1} = s_i + T + (r_i - F) + m        (= e_i + T - F + m; m: the margin)
+Notation. Call i leaves our socket at s_i (its last byte handed to the kernel, from httpx's trace
+events: core/client.py), is counted by the server at a_i = s_i + u_i, and its answer's headers
+are read from our socket at e_i = a_i + d_i. We never see the way up u_i or the way down d_i (the
+server's work after counting, the trip back, our own wake-up), only the round trip
+r_i = e_i - s_i = u_i + d_i. The pacer lets call i + 1 go at p_{i+1}; it leaves at
+s_{i+1} >= p_{i+1} (building the request, a new connection's TLS handshake: only ever later). So
 
-gives a_{i+1} - a_i = s_{i+1} + u_{i+1} - (e_i - d_i) = T + m + (u_{i+1} + d_i - F) >= T + m,
-whatever split of each r_i into u_i + d_i, because u_{i+1} + d_i >= U + D >= F. Every delay (a busy
-event loop, a slow server, jitter) only makes u or d longer, so only makes the gap wider.
+    a_{i+1} - a_i = s_{i+1} + u_{i+1} - (e_i - d_i) >= p_{i+1} - e_i + (u_{i+1} + d_i).
 
-The estimate: F is the smallest round trip x1 among recent answered calls lowered by its distance
-to the next smallest x2 (F = 2 x1 - x2, Robson and Whitlock's end point: the smallest of a few
-samples is above the true floor by about that much, and a slow outlier does not move it); with
-fewer than two samples there is no estimate and the finish rule applies. Samples older than
-`floor_age_s` age out, so a route that got longer is followed. A round trip below the estimate
-means the link (or a load that slowed every call so far: a cold start on a busy machine) is
-changing and F may be too high: the next call goes by the finish rule. The rule is never later
-than the finish rule: the saving is max(0, F - m).
+The finish rule takes p_{i+1} = e_i + T and needs nothing more than u, d >= 0. The send rule takes
+
+    p_{i+1} = e_i + T - F + m        (= s_i + T + (r_i - F) + m; m: the margin)
+
+and the gap is >= T + m whenever u_{i+1} + d_i >= F: F must not exceed the link's floor L = U + D
+(U, D: the smallest trip up and down there is), for a trip up of one call and a trip down of
+another may both be at their floors.
+
+What is assumed: a bound j on the jitter each way (`RECALL_PACING_JITTER_S`, default ±10 ms),
+so every trip lies within 2j above its direction's floor and every round trip r in [L, L + 4j].
+Then every round trip seen bounds the floor from below, L >= r - 4j, and the pacer takes the
+lowest floor that no recent round trip contradicts:
+
+    F = R - 4j,   R = max{r_k : r_k <= x1 + 4j},   x1 = min r_k   (recent answered calls)
+
+For every split of the measured round trips into a trip up and a trip down (any split at all,
+as long as the round trips lie in the band), U + D >= R - 4j = F, hence u_{i+1} + d_i >= F and
+the gap is >= T + m. F <= x1 always. A round trip beyond x1 + 4j cannot be inside the band: it is
+load on top of the link (a slow server, a busy machine, a queue on the way) and is not used; when
+more than a quarter of the recent ones are beyond, the bound does not describe this link (wider
+jitter, a longer route): no F, the finish rule. A round trip alone (the first after start, or
+after the estimate was dropped) cannot be told from load, which may be any amount: the call after
+it goes by the finish rule, and F needs two round trips within 4j of each other (MIN_SAMPLES).
+The benchmark's first calls, made while other workers were starting next to the sandbox, were
+stamped up to half a second late by the busy sandbox; allowed even twice the band (F = r - 8j),
+such a lone round trip brought the next arrival 0.42 s closer than the interval (0.25 s over
+loopback).
+
+What the margin is for: the bound holds for the link, but a round trip can be inflated by load and
+still stay under x1 + 4j; it then raises F by up to that much. The margin (`RECALL_PACING_MARGIN_S`)
+covers small ones; a 90051 to our own paced call doubles it (plus its base) at once, and each
+later answered call gives back a tenth of the base (additive increase and multiplicative decrease
+of the rate). That is also why the round trip is timed at the socket, not around the await: our
+own work (building the request, parsing the answer, a busy event loop) is the largest inflation.
+
+The cost, with ±10 ms each way and T = 1 s: a call starts T + (r_i - L) + (L - F) + m after the
+previous one. With the jitter uniform each way, r_i - L averages 2j = 20 ms: no rule safe for
+every split does better than T + 20 ms, 0.980 of the limit. L - F = (L + 4j) - R is the top of
+the band no round trip has reached yet: about j * sqrt(2 pi / n) after n of them, 8 ms after 10,
+4 ms after 40, 3 ms after 64 (FLOOR_SAMPLES). With m = 2 ms: 0.975 in steady state, about 0.97
+over the first 40 calls.
+
+Why not the bound each way as well: a trip up is then at most U + 2j, so a_i <= s_i + U + 2j and
+s_{i+1} = s_i + T + 2j would do whenever r_i is long (16.7 ms instead of 20 on average). But a call
+held up on its way to the counter (a queue in front of it) would then bring the next arrival
+closer by as much, with nothing to show for it. Here a call held up anywhere only delays the next
+one (its answer comes later); what can hurt is an estimate too high, and a round trip below it
+shows that (below).
 
 When the assumption breaks:
-- the floor estimate above the true floor (too few samples, a route that just got shorter, a load
-  that slowed every sample and then went): the gap shrinks by the excess beyond the margin, for
-  one call (its answer is below the estimate, so the next goes by the finish rule). A 90051 to
-  our own paced call doubles the margin (plus its base) at once; each later answered call
-  relaxes it by a tenth of the base, so a rate that was too high falls fast and climbs back
-  slowly (AIMD on the rate);
-- a call with no answer (a timeout, a cancel, a transport failure: its arrival is unknown, it may
-  even come after our give-up) or a gateway's answer: the finish rule for the next call, and no
-  sample;
-- a slow first connection (TLS handshake) is one high sample: it is not the smallest, so unused.
+- a round trip below F contradicts it (a route that got shorter, or an inflated one raised F): the
+  round trips known so far are dropped and the next call goes by the finish rule. The call placed
+  before we knew may have arrived short by up to F - L - m;
+- a route that got longer: its round trips lie beyond x1 + 4j, unused, so F stays where it was (too
+  low: safe); at a quarter of the recent ones, the finish rule, until the old ones age out
+  (`floor_age_s`, or FLOOR_SAMPLES answers later) and F follows the new route;
+- a call with no answer (a timeout, a cancel, a transport failure, a gateway's own error): its
+  arrival is unknown: the finish rule, counted from our give-up (a request still on its way up
+  after the read timeout is beyond any rule), and no sample;
+- no socket times for a call (a transport that reports no trace events): no sample;
+- the finish rule whenever it is earlier: the send rule is never later than it.
 """
 
 from __future__ import annotations
@@ -53,6 +94,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 FLOOR_SAMPLES = 64  # round trips kept for the floor estimate
+MIN_SAMPLES = 2  # a round trip alone cannot be told from load: it takes a second one to agree
 RELAX_SHARE = 0.1  # of the base margin, given back per answered call after a widening
 
 
@@ -64,24 +106,50 @@ class PacingRule(StrEnum):
 
 
 class Slot:
-    """One call's turn; the caller reports what came back so the pacer can place the next."""
+    """One call's turn; the caller reports what came back so the pacer can place the next.
 
-    def __init__(self, pacer: Pacer, sent: float) -> None:
-        self.sent = sent
+    The client reports the socket's two moments (`request_sent`, `answer_received`: the
+    CallObserver of core/client.py); the caller says whether the answer was the server's own
+    (`answered`) and whether it was a 90051 (`too_frequent`).
+    """
+
+    def __init__(self, pacer: Pacer, started: float) -> None:
+        self.started = started  # when the pacer let the call go
+        self.sent: float | None = None  # the request's last byte handed to the socket
+        self.received: float | None = None  # the answer's headers read from the socket
         self.answered_at: float | None = None
         self.finished = False
         self.rejected = False  # answered 90051
+        self._sends = 0
         self._pacer = pacer
 
+    def request_sent(self) -> None:
+        """The whole request was handed to the socket just now."""
+        self._sends += 1
+        self.sent = self._pacer.now()
+
+    def answer_received(self) -> None:
+        """The answer's headers were read from the socket just now."""
+        if self.received is None:
+            self.received = self._pacer.now()
+
     def answered(self) -> None:
-        """The server's own answer came back now (an ErrorCode was read)."""
+        """The server's own answer came back (an ErrorCode was read): at the socket if known."""
         if self.answered_at is None:
-            self.answered_at = self._pacer.now()
+            self.answered_at = self.received if self.received is not None else self._pacer.now()
 
     def too_frequent(self) -> None:
         """The server answered 90051 to this paced call: widen the margin at once."""
         self.rejected = True
         self._pacer.widen(self)
+
+    def round_trip(self) -> float | None:
+        """The call's round trip as the socket saw it; None unless both ends were seen once."""
+        if self._sends != 1 or self.sent is None or self.received is None:
+            return None
+        if self.received < self.sent:  # an answer before the request was all out: no trip
+            return None
+        return self.received - self.sent
 
 
 class Pacer:
@@ -94,23 +162,24 @@ class Pacer:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rule: PacingRule = PacingRule.FINISH,
-        margin_s: float = 0.01,
+        margin_s: float = 0.002,
+        jitter_s: float = 0.01,
         floor_age_s: float = 300.0,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
-        if margin_s < 0 or floor_age_s <= 0:
-            raise ValueError("margin_s must be >= 0 and floor_age_s positive")
+        if margin_s < 0 or jitter_s < 0 or floor_age_s <= 0:
+            raise ValueError("margin_s and jitter_s must be >= 0, floor_age_s positive")
         self.interval_s = interval_s
         self.rule = rule
         self.base_margin_s = margin_s
         self.margin_s = margin_s
+        self.band_s = 4 * jitter_s  # the spread of round trips the bound allows
         self.floor_age_s = floor_age_s
         self._clock = clock
         self._sleep = sleep
         self._not_before = float("-inf")
         self._samples: deque[tuple[float, float]] = deque(maxlen=FLOOR_SAMPLES)  # (at, rtt)
-        self._settling = False  # the last round trip fell below the floor estimate
 
     def now(self) -> float:
         """The pacer's clock."""
@@ -140,16 +209,22 @@ class Pacer:
         """No call before `seconds` from now (a retry's minimum wait, a lockout)."""
         self._not_before = max(self._not_before, self._clock() + seconds)
 
-    def floor(self) -> float | None:
-        """The estimated floor of the round trip (s), or None with under two fresh samples."""
+    def round_trips(self) -> list[float]:
+        """The recent round trips the floor is estimated from (oldest first)."""
         now = self._clock()
-        fresh = [rtt for at, rtt in self._samples if now - at <= self.floor_age_s]
-        if len(fresh) < 2:
+        return [rtt for at, rtt in self._samples if now - at <= self.floor_age_s]
+
+    def floor(self) -> float | None:
+        """The lowest floor of the round trip (s) no recent round trip contradicts; None with
+        fewer than MIN_SAMPLES, or when more than a quarter of them lie beyond the bound."""
+        recent = self.round_trips()
+        if len(recent) < MIN_SAMPLES:
             return None
-        # The smallest sample is above the true floor by about the distance to the next one
-        # (Robson and Whitlock's end-point estimate); a slow outlier does not move it.
-        low, next_low = sorted(fresh)[:2]
-        return max(0.0, 2 * low - next_low)
+        top = min(recent) + self.band_s
+        inside = [rtt for rtt in recent if rtt <= top]
+        if 4 * (len(recent) - len(inside)) > len(recent):
+            return None  # the bound does not describe this link (any more)
+        return max(inside) - self.band_s
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -167,26 +242,34 @@ class Pacer:
 
     def _finish(self, slot: Slot) -> None:
         slot.finished = True
-        if slot.answered_at is None:
+        if slot.answered_at is None:  # no answer: its arrival is unknown
             self.call_finished()
             return
-        rtt = slot.answered_at - slot.sent
-        before = self.floor()
-        self._samples.append((slot.answered_at, rtt))
-        # Below the estimate we had: the link (or a load that slowed every call so far) is
-        # changing, and what we knew of it may be too high: one call by the safe rule.
-        self._settling = before is not None and rtt < before
+        rtt = slot.round_trip()
+        if rtt is not None:
+            before = self.floor()
+            if before is not None and rtt < before:
+                # Below the lowest floor the bound allowed: the route got shorter, or a round
+                # trip inflated by load raised the estimate. Start again from this one (alone,
+                # it places nothing: the next call goes by the finish rule).
+                self._samples.clear()
+            self._samples.append((slot.answered_at, rtt))
         self._not_before = max(self._not_before, self._next_start(slot.answered_at))
         if not slot.rejected and self.margin_s > self.base_margin_s:  # relax slowly
             relaxed = self.margin_s - RELAX_SHARE * self.base_margin_s
             self.margin_s = max(self.base_margin_s, relaxed)
 
-    def _next_start(self, answered_at: float) -> float:
-        floor = self.floor() if self.rule is PacingRule.SEND and not self._settling else None
+    def saving(self) -> float:
+        """How much earlier than the finish rule the next call may start (s, >= 0)."""
+        if self.rule is not PacingRule.SEND:
+            return 0.0
+        floor = self.floor()
         # Never later than the finish rule: on a short link the margin is worth more than the
         # round trip it saves.
-        saved = max(0.0, floor - self.margin_s) if floor is not None else 0.0
-        return answered_at + self.interval_s - saved
+        return max(0.0, floor - self.margin_s) if floor is not None else 0.0
+
+    def _next_start(self, answered_at: float) -> float:
+        return answered_at + self.interval_s - self.saving()
 
     def widen(self, slot: Slot) -> None:
         """A 90051 to `slot`'s call: double the margin (plus its base), capped at the interval."""

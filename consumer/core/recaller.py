@@ -130,7 +130,7 @@ class Recaller:
             with tracing.call_span(
                 {"tim.task_id": request.task_id, "tim.attempt": attempt}
             ) as span:
-                result = await self._client.revoke(request)
+                result = await self._client.revoke(request, slot)
                 span.set(**{"tim.code": result_code(result), "tim.outcome": metric_code(result)})
             if isinstance(result, ApiAnswer):  # no answer: its arrival is unknown
                 slot.answered()

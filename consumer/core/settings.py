@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     # consumer/core/pacing.py: place a call after the previous send (link-aware) or its answer
     pacing: PacingRule = Field(default=PacingRule.FINISH, validation_alias=_env("RECALL_PACING"))
     pacing_margin_s: float = Field(
-        default=0.01, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
+        default=0.002, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
+    )
+    # the `send` rule's bound on the link's jitter each way (round trips spread over 4x this)
+    pacing_jitter_s: float = Field(
+        default=0.01, validation_alias=_env("RECALL_PACING_JITTER_S"), ge=0, le=1
     )
     retry_budget_s: float = Field(
         default=300.0, validation_alias=_env("RECALL_RETRY_BUDGET_S"), gt=0, le=1500

@@ -77,7 +77,12 @@ def build_worker(
     return Worker(
         worker_config(settings),
         client,
-        Pacer(settings.interval_s, rule=settings.pacing, margin_s=settings.pacing_margin_s),
+        Pacer(
+            settings.interval_s,
+            rule=settings.pacing,
+            margin_s=settings.pacing_margin_s,
+            jitter_s=settings.pacing_jitter_s,
+        ),
         metrics or Metrics(),
         memory=RecallMemory(max_entries=settings.memory_max_entries),
         on_settled=on_settled,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -112,6 +113,46 @@ async def test_transport_failures_come_back_typed(
     assert isinstance(failure, TransportFailure)
     assert (failure.kind, failure.http_status) == (kind, status)
     assert "usersig" not in failure.detail.lower()
+
+
+class Moments:
+    """A CallObserver that writes down what it is told, on the sandbox's clock."""
+
+    def __init__(self) -> None:
+        self.sent: list[float] = []
+        self.received: list[float] = []
+
+    def request_sent(self) -> None:
+        self.sent.append(time.monotonic())
+
+    def answer_received(self) -> None:
+        self.received.append(time.monotonic())
+
+
+async def test_the_call_is_timed_at_the_socket(client: RevokeClient, sandbox: Sandbox) -> None:
+    # Twice: on a new connection, then on the kept-alive one.
+    for _ in range(2):
+        moments = Moments()
+        before = time.monotonic()
+        await client.revoke(request(sandbox.create_task()), moments)
+        after = time.monotonic()
+        assert len(moments.sent) == len(moments.received) == 1
+        (sent,), (received,) = moments.sent, moments.received
+        arrived = sandbox.revoke_calls()[-1].arrived
+        assert before <= sent <= received <= after
+        assert arrived <= received  # counted before its answer was read
+
+
+async def test_a_timed_out_call_has_no_answer_moment(
+    client: RevokeClient, sandbox: Sandbox
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.fail_next(1, task_id=task_id, hang=2.0)
+    moments = Moments()
+    failure = await client.revoke(request(task_id), moments)
+    assert isinstance(failure, TransportFailure)
+    assert len(moments.sent) == 1
+    assert moments.received == []
 
 
 async def test_connection_refused_never_arrived(sandbox: Sandbox) -> None:

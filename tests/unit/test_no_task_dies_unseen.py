@@ -9,6 +9,7 @@ import httpx
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
+from consumer.core.client import CallObserver
 from consumer.core.halt import HaltProbe
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
@@ -29,7 +30,7 @@ class FlakyClient:
         if self.renewals == 1:
             raise RuntimeError("TIM_SECRET_KEY_FILE is empty")
 
-    async def post(self, body: bytes) -> ApiResult:
+    async def post(self, body: bytes, observer: CallObserver | None = None) -> ApiResult:
         return self.answers.pop(0)
 
 

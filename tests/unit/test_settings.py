@@ -55,6 +55,16 @@ def test_base_url_overrides_region(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().api_base_url == "http://127.0.0.1:8080"
 
 
+def test_pacing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.pacing_margin_s, s.pacing_jitter_s) == (0.002, 0.01)
+    monkeypatch.setenv("RECALL_PACING", "finish")
+    monkeypatch.setenv("RECALL_PACING_MARGIN_S", "0.005")
+    monkeypatch.setenv("RECALL_PACING_JITTER_S", "0.03")
+    s = load_settings()
+    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("finish", 0.005, 0.03)
+
+
 def test_queue_renames_the_derived_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECALL_QUEUE", "q")
     s = load_settings()
@@ -71,6 +81,9 @@ def test_queue_renames_the_derived_names(monkeypatch: pytest.MonkeyPatch) -> Non
         ("RECALL_DEFAULT_OFFLINE_PUSH_INFO", '{"PushFlag": 2}'),
         ("RECALL_INTERVAL_S", "0"),
         ("RECALL_HTTP_PORT", "70000"),
+        ("RECALL_PACING", "fast"),
+        ("RECALL_PACING_MARGIN_S", "-0.001"),
+        ("RECALL_PACING_JITTER_S", "2"),
     ],
 )
 def test_invalid_value_names_its_variable(
