@@ -54,6 +54,25 @@ ROWS: list[tuple[str, str, Check | None]] = [
 ]
 
 
+def _link_rows(link: str, least: float) -> list[tuple[str, str, Check | None]]:
+    """bench/link.py's figures for one link: the `send` rule's against the targets (the median
+    of the rounds; 90051s and the smallest gap over all of them), the `finish` rule's beside."""
+    return [
+        (f"link.{link}.utilization", f">= {least}", lambda v: v >= least),
+        (f"link.{link}.utilization_min", "", None),
+        (f"link.{link}.steady_utilization", "", None),
+        (f"link.{link}.too_frequent", "0", lambda v: v == 0),
+        (f"link.{link}.min_gap_s", ">= 1.0", lambda v: v >= 1.0),
+        (f"link.{link}.finish.utilization", "", None),
+        (f"link.{link}.finish.too_frequent", "", None),
+    ]
+
+
+ROWS += _link_rows("loopback", 0.99)
+for _link in ("50ms", "150ms", "300ms"):
+    ROWS += _link_rows(_link, 0.97)
+
+
 def _rabbitmq_version() -> str | None:
     try:
         done = subprocess.run(
