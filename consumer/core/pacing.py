@@ -38,12 +38,12 @@ hence u_{i+1} + d_i >= F and the gap is >= T + m. F <= x1 always. The largest ro
 do as well (the lowest floor no round trip contradicts), but a round trip inflated by load that
 still stays under x1 + 4j would raise F by as much, up to x1 - L, with nothing to show for it:
 taking the second largest, one such round trip alone moves nothing. A round trip beyond x1 + 4j
-cannot be inside the band: it is
-load on top of the link (a slow server, a busy machine, a queue on the way) and is not used; when
-more than a quarter of the recent ones are beyond, the bound does not describe this link (wider
-jitter, a longer route): no F, the finish rule. A round trip alone (the first after start, or
-after the estimate was dropped) cannot be told from load, which may be any amount: the call after
-it goes by the finish rule, and F needs two round trips within 4j of each other (MIN_SAMPLES).
+cannot be inside the band: it is load on top of the link (a slow server, a busy machine, a queue
+on the way) and is not used; when more than a quarter of the recent ones are beyond, the bound
+does not describe this link (wider jitter, a longer route): no F, the finish rule. A round trip
+alone (the first after start, or after the estimate was dropped) cannot be told from load, which
+may be any amount: the call after it goes by the finish rule, and F needs two round trips within
+4j of each other (MIN_SAMPLES).
 The benchmark's first calls, made while other workers were starting next to the sandbox, were
 stamped up to half a second late by the busy sandbox; allowed even twice the band (F = r - 8j),
 such a lone round trip brought the next arrival 0.42 s closer than the interval (0.25 s over
