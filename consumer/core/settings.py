@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # Pacing and retries
     interval_s: float = Field(default=1.0, validation_alias=_env("RECALL_INTERVAL_S"), gt=0)
     # consumer/core/pacing.py: place a call after the previous send (link-aware) or its answer
-    pacing: PacingRule = Field(default=PacingRule.FINISH, validation_alias=_env("RECALL_PACING"))
+    pacing: PacingRule = Field(default=PacingRule.SEND, validation_alias=_env("RECALL_PACING"))
     pacing_margin_s: float = Field(
         default=0.002, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
     )

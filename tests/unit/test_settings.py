@@ -57,7 +57,7 @@ def test_base_url_overrides_region(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pacing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
-    assert (s.pacing_margin_s, s.pacing_jitter_s) == (0.002, 0.01)
+    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("send", 0.002, 0.01)
     monkeypatch.setenv("RECALL_PACING", "finish")
     monkeypatch.setenv("RECALL_PACING_MARGIN_S", "0.005")
     monkeypatch.setenv("RECALL_PACING_JITTER_S", "0.03")
