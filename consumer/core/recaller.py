@@ -112,16 +112,18 @@ class Recaller:
         request: RecallRequest,
         state: RecallState,
         on_send: Callable[[], None] = lambda: None,
+        ours: Callable[[], bool] = lambda: True,
     ) -> RecallState:
         """Wait for a slot, make one call, and classify its result.
 
         No call starts once the worker is stopping: the wait for the slot ends at once.
-        `on_send` runs just before the request leaves (the call may reach the server).
+        `on_send` runs just before the request leaves (the call may reach the server). `ours`
+        says whether the delivery is still ours (its connection not lost meanwhile).
         """
         if not await self._wait_for_slot():
             return state
         async with self._pacer.slot() as slot:
-            if not self._may_call():
+            if not self._may_call(ours):
                 return state
             on_send()
             state.sent += 1
@@ -157,14 +159,16 @@ class Recaller:
         history: History,
         log: structlog.typing.FilteringBoundLogger,
         on_send: Callable[[], None] = lambda: None,
+        ours: Callable[[], bool] = lambda: True,
     ) -> RecallState:
-        """Call until an outcome other than RETRY, the budget is spent, or the worker stops."""
+        """Call until an outcome other than RETRY, the budget is spent, the worker stops, or the
+        delivery is no longer `ours`."""
         state = RecallState(history=history)
 
         async def attempt() -> RecallState:
             if self._stopping.is_set():
                 return state  # shutting down: no new call, settle what we have
-            return await self.call_once(request, state, on_send)
+            return await self.call_once(request, state, on_send, ours)
 
         def wait(retry_state: RetryCallState) -> float:
             decision = state.decision
@@ -188,7 +192,7 @@ class Recaller:
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda a: a.decision.outcome is Outcome.RETRY),
             stop=stop_before_delay(self._rules.budget_s)
-            | _StopWhen(lambda: self._stopping.is_set() or not self._may_call()),
+            | _StopWhen(lambda: self._stopping.is_set() or not self._may_call(ours)),
             wait=wait,
             # A retry wait ends early on shutdown, so SIGTERM never waits out a 60 s lockout.
             sleep=lambda seconds: sleep_unless_set(self._stopping, seconds),
@@ -204,8 +208,10 @@ class Recaller:
             await sleep_unless_set(self._stopping, wait)
         return not self._stopping.is_set()
 
-    def _may_call(self) -> bool:
+    def _may_call(self, ours: Callable[[], bool]) -> bool:
         # Without the broker our delivery is void: it goes to another replica, which calls for
         # it. Calling too would put two callers on one quota (a partition, before the heartbeat
-        # notices, is the case that matters).
-        return self._connected()
+        # notices, is the case that matters). Being connected again is not enough: a delivery
+        # of a lost connection stays void (a standby may hold its redelivery), and a reconnect
+        # can take milliseconds, well within a wait for the slot.
+        return self._connected() and ours()

@@ -419,8 +419,11 @@ class Worker:
         def sent() -> None:
             progress.called = True
 
+        def ours() -> bool:  # a delivery of a lost connection is void, even once reconnected
+            return self._epoch == delivery.connection_epoch
+
         history = History(calls=envelope.attempts, may_have_reached=envelope.may_have_reached)
-        state = await self._recaller.recall(prepared.request, history, log, sent)
+        state = await self._recaller.recall(prepared.request, history, log, sent, ours)
         return self._verdict(prepared.request, envelope, state)
 
     def _verdict(self, request: RecallRequest, envelope: Envelope, state: RecallState) -> Verdict:

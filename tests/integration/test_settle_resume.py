@@ -3,6 +3,7 @@ dead letter, no second live copy and no second results event."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -157,3 +158,34 @@ async def test_cut_mid_call_the_answer_is_kept_and_not_asked_again(
 
 async def _drained(broker: Broker, names: Names) -> bool:
     return await broker.count(names.queue) == 0
+
+
+async def test_a_delivery_waiting_for_its_slot_when_the_connection_goes_is_never_called(
+    broker: Broker,
+    names: Names,
+    sandbox: Sandbox,
+    run_worker: WorkerFactory,
+    proxy: TcpProxy,
+) -> None:
+    """The active replica loses its connection while a delivery waits for the next slot, and is
+    connected again at once; the standby takes the queue and gets the redelivery. The void
+    delivery must not be called for by the replica that held it (before the fix it was: its
+    worker was connected again by then, and two calls for one request came some milliseconds
+    apart, one answered 90051: seen with kill -9 of the node the replicas were connected to)."""
+    first, second = sandbox.create_task(), sandbox.create_task()
+    slow = {"interval_s": 1.0}  # the sandbox refuses calls under 0.1 s apart
+    async with (
+        run_worker(amqp_url=through(proxy), **slow) as active,
+        run_worker(**slow) as standby,
+    ):
+        await broker.publish({"TaskId": first, "OfflinePushInfo": OVERWRITE})
+        await broker.publish({"TaskId": second, "OfflinePushInfo": OVERWRITE})
+        await active.wait_settled(1)  # `second` now waits about a second for its slot
+        await proxy.cut()
+        await proxy.start()  # the active replica is connected again at once
+        await standby.wait_settled(1, timeout=10)
+        await asyncio.sleep(1.5)  # a call for the void delivery would come by now
+        await wait_until(lambda: _drained(broker, names), 20, "the queue to drain")
+    calls = sandbox.revoke_calls()
+    assert [(c.task_id, c.code) for c in calls] == [(first, 0), (second, 0)], calls
+    assert [e.task_id for e in standby.settled] == [second]
