@@ -3,8 +3,10 @@
 They go to bench/out/ (or bench/ itself with BENCH_UPDATE=1, `make bench-update`): see
 bench/README.md for what each scenario measures and how to read the timeline.
 
-Needs RabbitMQ on 127.0.0.1:5672 (guest/guest). The sandbox runs in this process; every worker
-and baseline runs as a process of its own. Targets are reported, not asserted.
+Needs RabbitMQ on 127.0.0.1:5672 (guest/guest), and root for the node-loss scenario's own
+three-node cluster (bench/cluster.py; without it those figures say why they are missing). The
+sandbox runs in this process; every worker and baseline runs as a process of its own. Targets are
+reported, not asserted.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import link, load, memory_flood, outputs, paced, report, waste
+from bench import cluster, link, load, memory_flood, outputs, paced, report, waste
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
@@ -106,7 +108,11 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     panels = [pacing_panel, base_pacing_panel, failover_panel, base_failover_panel]
     # Both pacing rules behind links of 0 to 300 ms, all eight runs side by side.
     results["link"], link_panels = await clock.time("links", lambda: link.links(workdir))
-    return results, panels + link_panels
+    # Last and alone: three more RabbitMQ nodes on the 2 cores would disturb the paced runs.
+    results["cluster"], cluster_panels = await clock.time(
+        "node loss in a three-node cluster", lambda: cluster.node_loss(workdir)
+    )
+    return results, panels + link_panels + cluster_panels
 
 
 async def main() -> None:
