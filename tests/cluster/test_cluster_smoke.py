@@ -9,7 +9,7 @@ import uuid
 import aio_pika
 import pytest
 
-from tests.cluster.conftest import NODES, Cluster
+from tests.support.cluster import NODES, Cluster
 
 pytestmark = pytest.mark.cluster
 

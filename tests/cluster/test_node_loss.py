@@ -15,8 +15,8 @@ import pytest
 
 from consumer.core.topology import Topology, declare
 from consumer.sandbox import Sandbox
-from tests.cluster.conftest import NODES, Cluster
 from tests.support.broker import OVERWRITE, Names
+from tests.support.cluster import NODES, Cluster
 from tests.support.faults import (
     FaultBroker,
     events_named,

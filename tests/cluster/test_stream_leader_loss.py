@@ -20,7 +20,7 @@ import aio_pika
 import pytest
 
 from consumer.core.stream import StreamWriter
-from tests.cluster.conftest import NODES, Cluster
+from tests.support.cluster import NODES, Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -89,10 +89,9 @@ async def test_only_a_channel_of_its_own_keeps_a_stream_complete_over_a_leader_k
     )
     assert len(confirmed["writer"]) == BEFORE + AFTER, confirmed["writer"]
     assert not lost["writer"], f"confirmed through a StreamWriter, missing: {lost['writer']}"
-    if version.startswith("3."):
-        # The reason StreamWriter exists. If this starts failing, the broker no longer drops
-        # confirmed publishes after a resend, and the separate channel is only a precaution.
-        assert lost["shared"], f"RabbitMQ {version} kept every publish of the shared channel"
+    # The shared channel's losses (the reason StreamWriter exists) are reported, not asserted:
+    # they need a publish in flight at the moment of the leader change, which a kill does not
+    # always catch (seen: 19 of 25 lost in one run, none in another, on 3.10.8).
 
 
 async def read_ids(url: str, stream: str, idle_s: float = 5.0) -> list[str]:
