@@ -25,8 +25,8 @@ from tests.support.cluster import NODES, Cluster
 pytestmark = pytest.mark.cluster
 
 EARLIER = 40  # publishes to a queue on the shared channel first: its confirm numbers run ahead
-BEFORE, AFTER = 5, 20  # stream publishes before and after the kill, on each channel
-CONFIRM_S = 15.0  # as settle.STEP_TIMEOUT_S: a publish with no confirm this long is retried
+EVERY_S = 0.02  # each publisher starts a publish this often, confirms pipelined, across the kill
+CONFIRM_S = 15.0  # as settle.STEP_TIMEOUT_S: a publish with no confirm this long has failed
 
 
 async def test_only_a_channel_of_its_own_keeps_a_stream_complete_over_a_leader_kill(
@@ -43,55 +43,64 @@ async def test_only_a_channel_of_its_own_keeps_a_stream_complete_over_a_leader_k
     through, reader = (n for n in NODES if n != leader)
 
     connection = await aio_pika.connect(cluster.url(through), timeout=15)
-    version = str(connection.transport.connection.server_properties["version"])  # type: ignore[union-attr]
+    properties = connection.transport.connection.server_properties  # type: ignore[union-attr]
+    version = str(properties["version"])
     shared = await connection.channel(publisher_confirms=True)
     for _ in range(EARLIER):
         await shared.default_exchange.publish(aio_pika.Message(b"copy"), routing_key=queue)
     writer = StreamWriter(connection, stream)
-    confirmed: dict[str, list[str]] = {"shared": [], "writer": []}
 
     async def shared_publish(message: aio_pika.Message) -> None:
         await shared.default_exchange.publish(message, routing_key=stream, mandatory=True)
 
-    async def append(who: str, first: int, count: int) -> None:
-        send = shared_publish if who == "shared" else writer.publish
-        for i in range(first, first + count):
-            message_id = f"{who}-{i:03d}"
-            for _ in range(3):
-                try:
-                    await asyncio.wait_for(
-                        send(aio_pika.Message(b"{}", message_id=message_id)), CONFIRM_S
-                    )
-                except (TimeoutError, aio_pika.exceptions.AMQPError):
-                    await asyncio.sleep(0.25)
-                    continue
-                confirmed[who].append(message_id)
-                break
-            await asyncio.sleep(0.05)
+    sends = {"shared": shared_publish, "writer": writer.publish}
+    published: dict[str, list[str]] = {"shared": [], "writer": []}
+    stop = asyncio.Event()
+
+    async def append(who: str) -> list[str]:
+        """Publish every EVERY_S until `stop`, the confirms in flight together (some are in
+        flight when the channel learns of the new leader: those are re-sent); the ids confirmed.
+        """
+        pending: dict[str, asyncio.Task[None]] = {}
+        while not stop.is_set():
+            message_id = f"{who}-{len(pending):04d}"
+            message = aio_pika.Message(b"{}", message_id=message_id)
+            pending[message_id] = asyncio.create_task(
+                asyncio.wait_for(sends[who](message), CONFIRM_S)
+            )
+            published[who].append(message_id)
+            await asyncio.sleep(EVERY_S)
+        await asyncio.wait(pending.values())
+        return [m for m, t in pending.items() if not t.cancelled() and t.exception() is None]
 
     try:
-        await asyncio.gather(append("shared", 0, BEFORE), append("writer", 0, BEFORE))
+        appenders = [asyncio.create_task(append(who)) for who in sends]
+        await asyncio.sleep(0.5)
         await cluster.kill(leader)
-        started = time.monotonic()
-        await asyncio.gather(append("shared", BEFORE, AFTER), append("writer", BEFORE, AFTER))
-        took = time.monotonic() - started
+        await asyncio.sleep(3.0)
+        stop.set()
+        shared_ok, writer_ok = await asyncio.gather(*appenders)
     finally:
         with contextlib.suppress(Exception):
             await connection.close()
+    confirmed = {"shared": shared_ok, "writer": writer_ok}
 
-    in_stream = await read_ids(cluster.url(reader), stream)
+    in_stream = set(await read_ids(cluster.url(reader), stream))
     lost = {who: [m for m in ids if m not in in_stream] for who, ids in confirmed.items()}
     print(
         f"\n[cluster] stream leader {leader} killed, RabbitMQ {version}: "
-        f"confirmed shared={len(confirmed['shared'])} writer={len(confirmed['writer'])}, "
-        f"confirmed but missing shared={len(lost['shared'])} writer={len(lost['writer'])}, "
-        f"{took:.1f} s for the publishes after the kill"
+        + ", ".join(
+            f"{who}: {len(published[who])} published, {len(confirmed[who])} confirmed, "
+            f"{len(lost[who])} of those missing"
+            for who in sends
+        )
     )
-    assert len(confirmed["writer"]) == BEFORE + AFTER, confirmed["writer"]
     assert not lost["writer"], f"confirmed through a StreamWriter, missing: {lost['writer']}"
-    # The shared channel's losses (the reason StreamWriter exists) are reported, not asserted:
-    # they need a publish in flight at the moment of the leader change, which a kill does not
-    # always catch (seen: 19 of 25 lost in one run, none in another, on 3.10.8).
+    assert confirmed["writer"] == published["writer"], "a StreamWriter publish got no confirm"
+    if version.startswith("3."):
+        # The reason StreamWriter exists. If this starts failing, the broker no longer drops
+        # confirmed publishes after a re-send, and the separate channel is only a precaution.
+        assert lost["shared"], f"RabbitMQ {version} kept every publish of the shared channel"
 
 
 async def read_ids(url: str, stream: str, idle_s: float = 5.0) -> list[str]:
