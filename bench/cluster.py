@@ -20,22 +20,19 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 
 from bench import stats
-from bench.procs import ROOT, Child, Fleet
+from bench.procs import Child, Fleet
 from bench.stage import body
 from bench.timeline import Panel, Row
 from consumer.core.stream import read_results
@@ -43,8 +40,9 @@ from consumer.core.topology import Topology, declare
 from consumer.ops.publish import Outgoing, amqp_message
 from consumer.sandbox import CallRecord, Sandbox, SandboxConfig, serve_sandbox
 
-SCRIPT = ROOT / "scripts" / "cluster.sh"
-NODES = ("c1", "c2", "c3")
+# The tests' cluster helper (scripts/cluster.sh behind a small class), not a copy of it.
+from tests.support.cluster import NODES, Cluster, ClusterError, free_bases
+
 KILLS = ("leader", "connected")
 LIMIT_S = 1.0
 BACKLOG = 20
@@ -53,101 +51,20 @@ ROUNDS = int(os.environ.get("BENCH_CLUSTER_ROUNDS", "3"))
 DRAIN_S = BACKLOG * LIMIT_S + 60  # the whole backlog recalled, at worst
 
 
-class ClusterError(RuntimeError):
-    """A cluster.sh call failed."""
-
-
-@dataclass(frozen=True)
-class Nodes:
-    """The bench's cluster: its URLs and scripts/cluster.sh for it."""
-
-    env: dict[str, str]
-    base_port: int
-    prefix: str
-
-    def url(self, short: str) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.base_port + int(short[1:])}/"
-
-    async def script(self, *args: str, timeout: float = 180.0) -> str:
-        process = await asyncio.create_subprocess_exec(
-            str(SCRIPT),
-            *args,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await asyncio.wait_for(process.communicate(), timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise ClusterError(f"cluster.sh {' '.join(args)} took more than {timeout} s") from None
-        text = out.decode(errors="replace")
-        if process.returncode != 0:
-            raise ClusterError(f"cluster.sh {' '.join(args)} failed: {text.strip()}")
-        return text
-
-    async def running(self) -> list[str]:
-        alive = []
-        for short in NODES:
-            with contextlib.suppress(ClusterError):
-                await self.script("pid", short)
-                alive.append(short)
-        return alive
-
-    async def leader(self, queue: str, timeout: float = 30.0) -> str:
-        """The node (short name) leading the queue, asked of a live node."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for short in await self.running():
-                try:
-                    text = await self.script(
-                        "ctl", short, "list_queues", "-q", "--formatter", "json", "name", "leader"
-                    )
-                except ClusterError:
-                    continue
-                for row in json.loads(text or "[]"):
-                    leader = row.get("leader")
-                    if row.get("name") == queue and isinstance(leader, str) and "@" in leader:
-                        return leader.split("@", 1)[0].removeprefix(self.prefix)
-            await asyncio.sleep(0.5)
-        raise ClusterError(f"no leader for {queue} in {timeout} s")
-
-    async def heal(self) -> None:
-        """Start every node that is not running (it rejoins by itself)."""
-        for short in NODES:
-            if short not in await self.running():
-                await self.script("start", short)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextlib.asynccontextmanager
-async def cluster() -> AsyncIterator[Nodes]:
+async def cluster() -> AsyncIterator[Cluster]:
     """Three clustered nodes on free ports (beside any other cluster), down and removed after."""
-    for _ in range(200):
-        amqp = random.randrange(33000, 35000, 10)
-        if all(_free(amqp + i) and _free(amqp + 30000 + i) for i in (1, 2, 3)):
-            break
-    else:
-        raise ClusterError("no three free loopback ports")
+    amqp, dist = free_bases()
     pid = os.getpid()
     prefix = f"rabbit-b{pid}-"
     env = {
         **os.environ,
         "CLUSTER_DIR": f"/var/lib/tim-recall/cluster-bench-{pid}",
         "CLUSTER_BASE_PORT": str(amqp),
-        "CLUSTER_BASE_DIST_PORT": str(amqp + 30000),
+        "CLUSTER_BASE_DIST_PORT": str(dist),
         "CLUSTER_NODE_PREFIX": prefix,
     }
-    nodes = Nodes(env, amqp, prefix)
+    nodes = Cluster(env, amqp, prefix)
     try:
         await nodes.script("up", timeout=420)
         yield nodes
@@ -193,7 +110,7 @@ async def _settled(replicas: list[Child]) -> int | None:
         return None
 
 
-async def one_run(workdir: Path, nodes: Nodes, kill: str) -> tuple[dict[str, Any], Panel]:
+async def one_run(workdir: Path, nodes: Cluster, kill: str) -> tuple[dict[str, Any], Panel]:
     """One backlog, two replicas, one kill; the killed node is started again after."""
     try:
         return await _one_run(workdir, nodes, kill)
@@ -205,7 +122,7 @@ def _accepted(calls: list[CallRecord]) -> int:
     return sum(c.code == 0 for c in calls)
 
 
-async def _one_run(workdir: Path, nodes: Nodes, kill: str) -> tuple[dict[str, Any], Panel]:
+async def _one_run(workdir: Path, nodes: Cluster, kill: str) -> tuple[dict[str, Any], Panel]:
     sandbox = Sandbox(SandboxConfig(min_interval=LIMIT_S))
     queue = f"bench-cluster-{uuid.uuid4().hex[:12]}"
     topology = Topology(queue, f"{queue}.dead", f"{queue}.results")

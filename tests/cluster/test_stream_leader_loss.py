@@ -97,10 +97,9 @@ async def test_only_a_channel_of_its_own_keeps_a_stream_complete_over_a_leader_k
     )
     assert not lost["writer"], f"confirmed through a StreamWriter, missing: {lost['writer']}"
     assert confirmed["writer"] == published["writer"], "a StreamWriter publish got no confirm"
-    if version.startswith("3."):
-        # The reason StreamWriter exists. If this starts failing, the broker no longer drops
-        # confirmed publishes after a re-send, and the separate channel is only a precaution.
-        assert lost["shared"], f"RabbitMQ {version} kept every publish of the shared channel"
+    # The shared channel's losses (the reason StreamWriter exists: 40 of about 170 on 3.10.8 in
+    # most runs) are printed above, not asserted: they need a publish in flight at the leader
+    # change, and under CI load the kill has caught none (170 of 170 kept in one run).
 
 
 async def read_ids(url: str, stream: str, idle_s: float = 5.0) -> list[str]:
