@@ -41,7 +41,7 @@ from consumer.ops.publish import Outgoing, amqp_message
 from consumer.sandbox import CallRecord, Sandbox, SandboxConfig, serve_sandbox
 
 # The tests' cluster helper (scripts/cluster.sh behind a small class), not a copy of it.
-from tests.support.cluster import NODES, Cluster, ClusterError, free_bases
+from tests.support.cluster import NODES, Cluster, ClusterError
 
 KILLS = ("leader", "connected")
 LIMIT_S = 1.0
@@ -54,17 +54,7 @@ DRAIN_S = BACKLOG * LIMIT_S + 60  # the whole backlog recalled, at worst
 @contextlib.asynccontextmanager
 async def cluster() -> AsyncIterator[Cluster]:
     """Three clustered nodes on free ports (beside any other cluster), down and removed after."""
-    amqp, dist = free_bases()
-    pid = os.getpid()
-    prefix = f"rabbit-b{pid}-"
-    env = {
-        **os.environ,
-        "CLUSTER_DIR": f"/var/lib/tim-recall/cluster-bench-{pid}",
-        "CLUSTER_BASE_PORT": str(amqp),
-        "CLUSTER_BASE_DIST_PORT": str(dist),
-        "CLUSTER_NODE_PREFIX": prefix,
-    }
-    nodes = Cluster(env, amqp, prefix)
+    nodes = Cluster.on_free_ports("bench")
     try:
         await nodes.script("up", timeout=420)
         yield nodes

@@ -5,39 +5,34 @@ cannot start: CI must not pass without it. Between tests, a node a test killed i
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.support.cluster import SCRIPT, Cluster, free_bases
+from tests.support.cluster import SCRIPT, Cluster
 
 
 @pytest.fixture(scope="session")
 def cluster_session() -> Iterator[Cluster]:
     """Three clustered nodes for the session; stopped and their directories removed after."""
-    amqp, dist = free_bases()
-    pid = os.getpid()
-    prefix = f"rabbit-t{pid}-"
-    env = {
-        **os.environ,
-        "CLUSTER_DIR": f"/var/lib/tim-recall/cluster-test-{pid}",
-        "CLUSTER_BASE_PORT": str(amqp),
-        "CLUSTER_BASE_DIST_PORT": str(dist),
-        "CLUSTER_NODE_PREFIX": prefix,
-    }
+    cluster = Cluster.on_free_ports("test")
     up = subprocess.run(
-        [str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=420, check=False
+        [str(SCRIPT), "up"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
     )
     try:
         if up.returncode != 0:
             lines = up.stderr.strip().splitlines() or ["(no output)"]
             pytest.fail(f"the test cluster did not start: {lines[-1]}\n{up.stderr[-2000:]}")
-        yield Cluster(env, amqp, prefix)
+        yield cluster
     finally:
         subprocess.run(
-            [str(SCRIPT), "down"], env=env, capture_output=True, timeout=300, check=False
+            [str(SCRIPT), "down"], env=cluster.env, capture_output=True, timeout=300, check=False
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 from dataclasses import dataclass
@@ -25,6 +26,22 @@ class Cluster:
     env: dict[str, str]
     base_port: int  # c1's AMQP port is base_port + 1, …
     prefix: str  # node names: {prefix}c1@localhost, …
+
+    @classmethod
+    def on_free_ports(cls, tag: str) -> Cluster:
+        """A cluster (not started yet) of its own for this process: free ports, node names and a
+        directory named by `tag` ("test", "bench") and the pid, beside any other cluster."""
+        amqp, dist = free_bases()
+        pid = os.getpid()
+        prefix = f"rabbit-{tag[0]}{pid}-"
+        env = {
+            **os.environ,
+            "CLUSTER_DIR": f"/var/lib/tim-recall/cluster-{tag}-{pid}",
+            "CLUSTER_BASE_PORT": str(amqp),
+            "CLUSTER_BASE_DIST_PORT": str(dist),
+            "CLUSTER_NODE_PREFIX": prefix,
+        }
+        return cls(env, amqp, prefix)
 
     def node(self, short: str) -> str:
         """`c1` -> the Erlang node name."""
