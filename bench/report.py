@@ -85,6 +85,17 @@ def _link_rows(link: str, least: float) -> list[tuple[str, str, Check | None]]:
 ROWS += _link_rows("loopback", 0.99)
 for _link in ("50ms", "150ms", "300ms"):
     ROWS += _link_rows(_link, 0.97)
+# bench/pacing_model.py: the same links as arithmetic (reported, no targets: see its docstring)
+for _link in ("50ms", "150ms", "300ms"):
+    ROWS += [
+        (f"pacing_model.cold_40.{_link}.send.utilization", "", None),
+        (f"pacing_model.backlog_200.{_link}.send.utilization", "", None),
+    ]
+ROWS += [
+    ("pacing_model.cold_40.300ms.per_way_cap.utilization", "", None),
+    ("pacing_model.held_ahead.300ms.per_way_cap.backlogs_with_90051", "", None),
+    ("pacing_model.cold_40.300ms.min-floor+10ms.backlogs_with_90051", "", None),
+]
 
 
 def _rabbitmq_version() -> str | None:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import cluster, link, load, memory_flood, outputs, paced, report, waste
+from bench import cluster, link, load, memory_flood, outputs, paced, pacing_model, report, waste
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
@@ -108,6 +108,10 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     panels = [pacing_panel, base_pacing_panel, failover_panel, base_failover_panel]
     # Both pacing rules behind links of 0 to 300 ms, all eight runs side by side.
     results["link"], link_panels = await clock.time("links", lambda: link.links(workdir))
+    # The same links as arithmetic, every rule over many backlogs (about 20 s of one core).
+    results["pacing_model"] = await clock.time(
+        "pacing model", lambda: asyncio.to_thread(pacing_model.run, pacing_model.RUNS)
+    )
     # Last and alone: three more RabbitMQ nodes on the 2 cores would disturb the paced runs.
     results["cluster"], cluster_panels = await clock.time(
         "node loss in a three-node cluster", lambda: cluster.node_loss(workdir)
