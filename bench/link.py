@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,8 @@ async def _through(url: str, rtt_ms: int) -> AsyncIterator[str]:
         yield linked
 
 
-def _drained(calls: list[CallRecord]) -> bool:
-    return len({c.task_id for c in calls if c.code in (0, 90050)}) >= BACKLOG
+def _drained(backlog: int) -> Callable[[list[CallRecord]], bool]:
+    return lambda calls: len({c.task_id for c in calls if c.code in (0, 90050)}) >= backlog
 
 
 def key(rtt_ms: int) -> str:
@@ -76,19 +76,19 @@ def key(rtt_ms: int) -> str:
 
 
 async def one_run(
-    workdir: Path, rtt_ms: int, rule: str, ready: asyncio.Barrier
+    workdir: Path, rtt_ms: int, rule: str, ready: asyncio.Barrier, backlog: int = BACKLOG
 ) -> tuple[dict[str, Any], list[CallRecord]]:
-    """A backlog of BACKLOG requests drained by one worker using `rule` behind the link; the
+    """A backlog of `backlog` requests drained by one worker using `rule` behind the link; the
     backlog is published once every run of the round has its worker ready (`ready`)."""
     async with stage(workdir, LIMIT_S) as st:
         base_url = str(st.fleet._url)  # the stage's own sandbox
         async with _through(base_url, rtt_ms) as url, _RuleFleet(workdir, st, url, rule) as fleet:
-            tasks = [st.sandbox.create_task() for _ in range(BACKLOG)]
+            tasks = [st.sandbox.create_task() for _ in range(backlog)]
             child = await fleet.worker(f"{key(rtt_ms)}-{rule}", LIMIT_S)
             await child.ready()
             await ready.wait()
             await st.backlog([body(t) for t in tasks])
-            await st.wait_calls(_drained, timeout=BACKLOG * 2 + 30)
+            await st.wait_calls(_drained(backlog), timeout=backlog * 2 + 30)
             calls = st.calls()
     figures = {
         "utilization": stats.utilization(calls, 1 / LIMIT_S),
@@ -120,7 +120,9 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-async def links(workdir: Path, rounds: int = RUNS) -> tuple[dict[str, Any], list[Panel]]:
+async def links(
+    workdir: Path, rounds: int = RUNS, backlog: int = BACKLOG
+) -> tuple[dict[str, Any], list[Panel]]:
     """Every link with both rules, `rounds` times; figures per link and one panel each."""
     runs = [(rtt, rule) for rtt in RTTS_MS for rule in RULES]
     done: dict[tuple[int, str], list[tuple[dict[str, Any], list[CallRecord]]]] = {
@@ -130,12 +132,12 @@ async def links(workdir: Path, rounds: int = RUNS) -> tuple[dict[str, Any], list
     for _ in range(rounds):
         ready = asyncio.Barrier(len(runs))
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_run(workdir, *run, ready)) for run in runs]
+            tasks = [group.create_task(one_run(workdir, *run, ready, backlog)) for run in runs]
         for run, task in zip(runs, tasks, strict=True):
             done[run].append(task.result())
     load["after"] = _load()
     results: dict[str, Any] = {
-        "backlog": BACKLOG,
+        "backlog": backlog,
         "jitter_each_way_s": JITTER_S,
         "rounds": rounds,
         "load_avg_1_5_15": load,
@@ -148,7 +150,7 @@ async def links(workdir: Path, rounds: int = RUNS) -> tuple[dict[str, Any], list
             ratio = round(new["utilization"] / old["utilization"], 4)
         results[key(rtt)] = new | {"rule": "send", "finish": old, "ratio": ratio}
         title = (
-            f"link {key(rtt)} (±{JITTER_S * 1000:g} ms each way): {BACKLOG} requests, 1 call/s, "
+            f"link {key(rtt)} (±{JITTER_S * 1000:g} ms each way): {backlog} requests, 1 call/s, "
             f"send rule {new['utilization']} vs finish rule {old['utilization']} "
             f"(median of {rounds})"
         )
@@ -185,10 +187,11 @@ def render(results: dict[str, Any]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.link")
     parser.add_argument("--runs", type=int, default=RUNS, help=f"rounds (default {RUNS})")
-    rounds = parser.parse_args().runs
+    parser.add_argument("--backlog", type=int, default=BACKLOG, help=f"default {BACKLOG}")
+    args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tim-recall-link-"))
     began = time.monotonic()
-    results, panels = await links(workdir, rounds)
+    results, panels = await links(workdir, args.runs, args.backlog)
     out = outputs.output_dir()
     results = {"source": outputs.source(), "machine": machine(), **results}
     (out / "link.json").write_text(json.dumps(results, indent=2) + "\n")
