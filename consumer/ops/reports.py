@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -149,18 +150,50 @@ def dead_letter_rows(letters: Sequence[DeadLetter]) -> list[list[object]]:
     return [dead_letter_row(d) for d in letters]
 
 
+class Repeats:
+    """The lineages of the events read lately, to show each chain's event once.
+
+    A chain settles once, with one event; the same event is in the stream twice only when its
+    publish was retried after the confirm was lost (the first copy was stored all the same). The
+    two are close together, so a bounded window of lineages finds them in constant memory
+    (`--follow` runs for days). Events with no lineage (an older version's) are all shown.
+    """
+
+    def __init__(self, window: int = 10_000) -> None:
+        self._window = window
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.count = 0  # repeats found
+
+    def repeated(self, event: ResultEvent) -> bool:
+        """Whether `event`'s chain was already seen within the window (counted if so)."""
+        lineage = event.lineage
+        if lineage is None:
+            return False
+        if lineage in self._seen:
+            self._seen.move_to_end(lineage)
+            self.count += 1
+            return True
+        self._seen[lineage] = None
+        if len(self._seen) > self._window:
+            self._seen.popitem(last=False)
+        return False
+
+
 async def print_results(
     settings: Settings, since: str, follow: bool, as_json: bool, correlation_id: str | None
 ) -> None:
     """`tim-recall results`: print events from the results stream."""
     offset = parse_since(since, datetime.now(UTC))
     stream = settings.results_stream
+    repeats = Repeats()
     connection, url = await connect_any(settings.amqp_url.get_secret_value())
     try:
         async with broker_errors(url):
             batch: list[ResultEvent] = []
             async for event in read_results(connection, stream, offset, follow=follow):
                 if correlation_id is not None and event.correlation_id != correlation_id:
+                    continue
+                if repeats.repeated(event):
                     continue
                 if as_json:
                     click.echo(event.model_dump_json())
@@ -177,7 +210,8 @@ async def print_results(
             await connection.close()
     if not as_json and not follow:
         click.echo(table(RESULTS_HEADERS, results_rows(batch)))
-        click.echo(f"{len(batch)} event(s) since {since}")
+        shown_once = f", {repeats.count} published twice shown once" if repeats.count else ""
+        click.echo(f"{len(batch)} event(s) since {since}{shown_once}")
 
 
 def dumps(letters: Sequence[DeadLetter]) -> str:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from consumer.core.stream import result_message
 from tests.support.broker import Broker, Names
+from tests.support.events import event
 from tests.unit.test_broker_errors import CERT_PEM, KEY_PEM
 
 pytestmark = pytest.mark.integration
@@ -299,3 +301,24 @@ async def test_a_certificate_that_does_not_verify_is_configuration(tmp_path: Pat
             .splitlines()[-1]
             .startswith("tim-recall: TLS certificate verification failed: self-signed certificate")
         )
+
+
+async def test_results_shows_an_event_published_twice_once(
+    amqp_url: str, broker: Broker, names: Names
+) -> None:
+    # A StreamWriter retry after a lost confirm stores the same event twice (core/stream.py)
+    await broker.declare()
+    twice, once = event(task_id="twice"), event(task_id="once")
+    channel = await broker.connection.channel(publisher_confirms=True)
+    try:
+        for e in (twice, once, twice):
+            await channel.default_exchange.publish(result_message(e), routing_key=names.results)
+    finally:
+        await channel.close()
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+    code, out, err = await cli("results", "--since", "1h", "--json", env=env)
+    assert code == 0, err
+    assert [json.loads(line)["task_id"] for line in out.splitlines()] == ["twice", "once"]
+    code, out, err = await cli("results", "--since", "1h", env=env)
+    assert code == 0, err
+    assert out.splitlines()[-1] == "2 event(s) since 1h, 1 published twice shown once"

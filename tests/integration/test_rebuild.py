@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -20,29 +18,9 @@ from consumer.core.rebuild import rebuild_memory
 from consumer.core.stream import MARKER_TYPE, result_message
 from schemas.events import ResultEvent
 from tests.support.broker import Broker
+from tests.support.events import event
 
 pytestmark = pytest.mark.integration
-
-
-def event(
-    outcome: str = "recalled",
-    code: int = 0,
-    source: str = "api",
-    task_id: str | None = None,
-    lineage: str | None = None,
-    at: float | None = None,
-) -> ResultEvent:
-    when = datetime.fromtimestamp(time.time() if at is None else at, UTC)
-    return ResultEvent(
-        task_id=task_id if task_id is not None else f"task-{uuid.uuid4().hex}",
-        outcome=outcome,  # type: ignore[arg-type]
-        error_code=code,
-        source=source,  # type: ignore[arg-type]
-        attempts=1 if source == "api" else 0,
-        lineage=lineage or str(uuid.uuid4()),
-        first_seen=when,
-        settled_at=when,
-    )
 
 
 def refusal(i: int) -> ResultEvent:
