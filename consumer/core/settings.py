@@ -94,8 +94,9 @@ class Settings(BaseSettings):
 
     # Pacing and retries
     interval_s: float = Field(default=1.0, validation_alias=_env("RECALL_INTERVAL_S"), gt=0)
-    # consumer/core/pacing.py: place a call after the previous send (link-aware) or its answer
-    pacing: PacingRule = Field(default=PacingRule.SEND, validation_alias=_env("RECALL_PACING"))
+    # consumer/core/pacing.py: place a call after the previous answer (the default: safe under
+    # any load) or after the previous send (link-aware; a load that eases can bring a 90051)
+    pacing: PacingRule = Field(default=PacingRule.FINISH, validation_alias=_env("RECALL_PACING"))
     pacing_margin_s: float = Field(
         default=0.002, validation_alias=_env("RECALL_PACING_MARGIN_S"), ge=0, le=1
     )

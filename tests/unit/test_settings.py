@@ -57,12 +57,12 @@ def test_base_url_overrides_region(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pacing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
-    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("send", 0.002, 0.01)
-    monkeypatch.setenv("RECALL_PACING", "finish")
+    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("finish", 0.002, 0.01)
+    monkeypatch.setenv("RECALL_PACING", "send")
     monkeypatch.setenv("RECALL_PACING_MARGIN_S", "0.005")
     monkeypatch.setenv("RECALL_PACING_JITTER_S", "0.03")
     s = load_settings()
-    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("finish", 0.005, 0.03)
+    assert (s.pacing, s.pacing_margin_s, s.pacing_jitter_s) == ("send", 0.005, 0.03)
 
 
 def test_queue_renames_the_derived_names(monkeypatch: pytest.MonkeyPatch) -> None:
