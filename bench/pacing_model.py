@@ -6,7 +6,8 @@ The link is the sandbox link's (consumer/sandbox/link.py): each way half the rou
 90051 to one less than the interval after the one before (as the sandbox's limiter: a refused
 call counts too). `overhead` is the worker's own time from the pacer's go to the request's last
 byte. `held` is load ahead of the counter: a share of calls held up to `held_max` on their way
-up (a busy gateway), which the link's jitter bound does not cover.
+up (a busy gateway), which the link's jitter bound does not cover; `early_calls` are the first
+calls of a backlog all held `early_held_s` (a load that then eases, as the fault suite met it).
 
 Besides `send` and `finish` (the real Pacer), two rules the issue's arithmetic suggests:
 
@@ -53,13 +54,17 @@ class Link:
     overhead_s: float = 0.0035  # measured on a quiet machine: 0.9 ms timer, 2.6 ms httpx
     held_share: float = 0.0
     held_max_s: float = 0.0
+    early_calls: int = 0  # the first calls of a backlog, all held ahead of the counter ...
+    early_held_s: float = 0.0  # ... by this much (a load that then eases)
 
-    def trips(self, rng: random.Random) -> tuple[float, float]:
-        """One call's trip up (to the counter) and down."""
+    def trips(self, rng: random.Random, call: int) -> tuple[float, float]:
+        """Call number `call`'s trip up (to the counter) and down."""
         one_way, j = self.rtt_s / 2, self.jitter_s
         up = one_way + rng.uniform(-j, j)
         if self.held_share and rng.random() < self.held_share:
             up += rng.uniform(0, self.held_max_s)
+        if call < self.early_calls:
+            up += self.early_held_s
         return up, one_way + rng.uniform(-j, j)
 
 
@@ -99,11 +104,11 @@ async def _paced(rule: PacingRule, link: Link, n: int, rng: random.Random) -> Ba
     time = _FakeTime()
     pacer = Pacer(T, clock=time.now, sleep=time.sleep, rule=rule, jitter_s=link.jitter_s)
     seen = Backlog()
-    for _ in range(n):
+    for call in range(n):
         async with pacer.slot() as slot:
             time.t += link.overhead_s
             slot.request_sent()
-            up, down = link.trips(rng)
+            up, down = link.trips(rng, call)
             refused = seen.arrive(time.t + up)
             time.t += up + down
             slot.answer_received()
@@ -140,9 +145,9 @@ def per_way_cap(link: Link, margin_s: float = 0.002) -> Placing:
 def _placed(place: Placing, link: Link, n: int, rng: random.Random) -> Backlog:
     seen, recent, go = Backlog(), deque[float](maxlen=FLOOR_SAMPLES), 0.0
     smallest = float("inf")
-    for _ in range(n):
+    for call in range(n):
         sent = go + link.overhead_s
-        up, down = link.trips(rng)
+        up, down = link.trips(rng, call)
         seen.arrive(sent + up)
         recent.append(up + down)
         smallest = min(smallest, up + down)
@@ -183,6 +188,12 @@ SCENARIOS: dict[str, tuple[str, int, dict[str, float]]] = {
         "a cold backlog of 40, 2 % of calls held up to 20 ms ahead of the counter",
         BACKLOG,
         {"held_share": 0.02, "held_max_s": 0.020},
+    ),
+    "eased": (
+        "a cold backlog of 40, its first 3 calls held 80 ms ahead of the counter (a takeover "
+        "next to a busy server), then none",
+        BACKLOG,
+        {"early_calls": 3, "early_held_s": 0.080},
     ),
 }
 

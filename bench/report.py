@@ -95,6 +95,8 @@ ROWS += [
     ("pacing_model.cold_40.300ms.per_way_cap.utilization", "", None),
     ("pacing_model.held_ahead.300ms.per_way_cap.backlogs_with_90051", "", None),
     ("pacing_model.cold_40.300ms.min-floor+10ms.backlogs_with_90051", "", None),
+    ("pacing_model.eased.150ms.send.backlogs_with_90051", "", None),
+    ("pacing_model.eased.150ms.finish.backlogs_with_90051", "", None),
 ]
 
 
