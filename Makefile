@@ -37,8 +37,9 @@ unit: install
 faults: install broker
 	$(BIN)/pytest -m faults
 
+# --durations: the slowest tests, so that the suite's length has names (CI prints them).
 test: install broker lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 # The broker tier of the integration and fault suites again, against RabbitMQ 4.0.5 (Debian 13's, in a debootstrap
 # tree cached under /var/cache/tim-recall, started as a second node on 127.0.0.1:5680). The
@@ -50,7 +51,7 @@ rabbitmq4:
 test-rabbitmq4: install rabbitmq4
 	TEST_AMQP_HOST=127.0.0.1 TEST_AMQP_PORT=$(RABBITMQ4_PORT) \
 	TEST_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
-	$(BIN)/pytest $(PYTEST_FLAGS) -m broker tests/integration tests/faults
+	$(BIN)/pytest $(PYTEST_FLAGS) --durations=15 -m broker tests/integration tests/faults
 
 # A three-node cluster of the host's RabbitMQ on 127.0.0.1:5691-5693 (scripts/cluster.sh);
 # `make cluster-down` removes it. The cluster tests (tests/cluster) start their own.
