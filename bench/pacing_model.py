@@ -233,7 +233,8 @@ def main() -> None:
             cells = [links[rtt][name] for rtt in links]
             print(f"{name:<18}" + "".join(_cell(c) for c in cells))
     path = outputs.output_dir() / "pacing_model.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    recorded = {"source": outputs.source(), **results}
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
     print(f"\nwritten: {path}", file=sys.stderr)
 
 
