@@ -7,15 +7,15 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pytest
 from structlog.testing import capture_logs
 
 from consumer.core.stream import result_message
 from consumer.sandbox import Sandbox
-from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, H_LINEAGE, ResultEvent
+from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, H_LINEAGE
 from tests.support.broker import OVERWRITE, Names
+from tests.support.events import crashed_recall
 from tests.support.faults import (
     FaultBroker,
     events_named,
@@ -130,19 +130,7 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
         request.body, message_id=request.message_id, headers={H_LINEAGE: "lineage-1"}
     )
     sandbox.mark_recalled(task_id)  # the crashed worker's call, answered 0
-    now = time.time()
-    event = ResultEvent(
-        task_id=task_id,
-        outcome="recalled",
-        error_code=0,
-        source="api",
-        attempts=1,
-        message_id=request.message_id,
-        lineage="lineage-1",
-        first_seen=_utc(now - 1),
-        settled_at=_utc(now),
-        has_offline_push_info=True,
-    )
+    event = crashed_recall(task_id, request.message_id, "lineage-1")
     channel = await broker.connection.channel(publisher_confirms=True)
     await channel.default_exchange.publish(result_message(event), routing_key=names.results)
     await channel.close()
@@ -186,7 +174,3 @@ async def _peek_dead(broker: FaultBroker, names: Names) -> list[dict[str, object
     finally:
         await channel.close()  # unacked: all back in the queue
     return headers
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)

@@ -7,28 +7,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-import consumer.core.worker
 from consumer.sandbox import Sandbox
 from schemas.events import H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE
-from schemas.recall import RecallRequest, parse_request
 from tests.support.broker import OVERWRITE, Broker, Names, wait_until
-from tests.support.workers import WorkerFactory
+from tests.support.workers import WorkerFactory, raising_for
 
 pytestmark = pytest.mark.integration
-
-
-def raising_for(monkeypatch: pytest.MonkeyPatch, task_id: str, times: int) -> list[int]:
-    """Make parsing the request for `task_id` raise `times` times (a bug, a library fault)."""
-    raised: list[int] = []
-
-    def parse(body: bytes, max_bytes: int) -> RecallRequest:
-        if task_id.encode() in body and len(raised) < times:
-            raised.append(1)
-            raise RuntimeError("a bug for this body")
-        return parse_request(body, max_bytes)
-
-    monkeypatch.setattr(consumer.core.worker, "parse_request", parse)
-    return raised
 
 
 async def test_raising_once_is_released_then_recalled(

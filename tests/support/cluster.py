@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.commands import run_command
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
 NODES = ("c1", "c2", "c3")
 
@@ -69,21 +71,11 @@ class Cluster:
 
     async def script(self, *args: str, timeout: float = 180.0) -> str:
         """Run `scripts/cluster.sh args` for this cluster; ClusterError with its output."""
-        process = await asyncio.create_subprocess_exec(
-            str(SCRIPT),
-            *args,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
         try:
-            out, _ = await asyncio.wait_for(process.communicate(), timeout)
+            code, text = await run_command([str(SCRIPT), *args], env=self.env, timeout=timeout)
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise ClusterError(f"cluster.sh {' '.join(args)} took more than {timeout} s") from None
-        text = out.decode(errors="replace")
-        if process.returncode != 0:
+        if code != 0:
             raise ClusterError(f"cluster.sh {' '.join(args)} failed: {text}")
         return text
 

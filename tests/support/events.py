@@ -29,3 +29,21 @@ def event(
         first_seen=when,
         settled_at=when,
     )
+
+
+def crashed_recall(task_id: str, message_id: str, lineage: str) -> ResultEvent:
+    """The event a worker published for its recall of `task_id` just before it crashed, the
+    delivery (`message_id` of the chain `lineage`) still unacked."""
+    now = time.time()
+    return ResultEvent(
+        task_id=task_id,
+        outcome="recalled",
+        error_code=0,
+        source="api",
+        attempts=1,
+        message_id=message_id,
+        lineage=lineage,
+        first_seen=datetime.fromtimestamp(now - 1, UTC),
+        settled_at=datetime.fromtimestamp(now, UTC),
+        has_offline_push_info=True,
+    )

@@ -27,6 +27,7 @@ from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox, SandboxConfig
 from schemas.events import H_ERROR_CODE, H_ERROR_SOURCE, ResultEvent
 from tests.support.broker import Broker, Names, broker_address, wait_until
+from tests.support.commands import run_command
 from tests.support.workers import WorkerProcess
 
 # ---- a broker helper that can reconnect ---------------------------------------------------------
@@ -308,20 +309,11 @@ async def rabbitmqctl(*args: str, timeout: float = 120.0) -> str:
     TEST_RABBITMQCTL when set (split like a shell would), e.g. `scripts/rabbitmq4.sh ctl` for
     the RabbitMQ 4 node of `make test-rabbitmq4`."""
     command = shlex.split(os.environ.get("TEST_RABBITMQCTL", "rabbitmqctl"))
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        code, text = await run_command([*command, *args], timeout=timeout)
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise AssertionError(f"rabbitmqctl {' '.join(args)} took more than {timeout} s") from None
-    text = out.decode(errors="replace")
-    assert process.returncode == 0, f"rabbitmqctl {' '.join(args)} failed: {text}"
+    assert code == 0, f"rabbitmqctl {' '.join(args)} failed: {text}"
     return text
 
 

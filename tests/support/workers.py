@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+import consumer.core.worker as worker_module
 from consumer.core.metrics import Metrics
 from consumer.core.settings import Settings, load_settings
 from consumer.core.worker import Worker
 from consumer.sandbox import Sandbox
 from schemas.events import ResultEvent
+from schemas.recall import RecallRequest, parse_request
 from tests.support.broker import Names, wait_until
 
 
@@ -137,3 +140,18 @@ async def active_replica(*workers: WorkerProcess, timeout: float = 15.0) -> Work
     await wait_until(lambda: any(settled_any(w) for w in workers), timeout, "a replica to settle")
     (active,) = [w for w in workers if settled_any(w)]  # never two: single active consumer
     return active
+
+
+def raising_for(monkeypatch: pytest.MonkeyPatch, task_id: str, times: int) -> list[int]:
+    """Make the worker's parsing of the request for `task_id` raise `times` times (a bug, a
+    library fault), in this process's workers; the list grows by one per raise."""
+    raised: list[int] = []
+
+    def parse(raw: bytes, max_bytes: int) -> RecallRequest:
+        if task_id.encode() in raw and len(raised) < times:
+            raised.append(1)
+            raise RuntimeError("a bug for this body")
+        return parse_request(raw, max_bytes)
+
+    monkeypatch.setattr(worker_module, "parse_request", parse)
+    return raised

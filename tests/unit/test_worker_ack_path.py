@@ -11,14 +11,12 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 import consumer.core.settle as settle_module
-import consumer.core.worker as worker_module
 from consumer.core.client import RevokeClient
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
@@ -38,8 +36,9 @@ from schemas.events import (
     H_LINEAGE,
     ResultEvent,
 )
-from schemas.recall import RecallRequest, parse_request
 from tests.support.amqp_double import AmqpDouble, Fault, Held
+from tests.support.events import crashed_recall
+from tests.support.workers import raising_for
 
 INTERVAL_S = 0.05
 QUEUE = "recall"
@@ -404,19 +403,7 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
     task_id = sandbox.create_task()
     sandbox.mark_recalled(task_id)  # the crashed worker's call
     message_id = broker.put(Q, body(task_id), headers={H_LINEAGE: "lineage-1"})
-    now = time.time()
-    event = ResultEvent(
-        task_id=task_id,
-        outcome="recalled",
-        error_code=0,
-        source="api",
-        attempts=1,
-        message_id=message_id,
-        lineage="lineage-1",
-        first_seen=datetime.fromtimestamp(now - 1, UTC),
-        settled_at=datetime.fromtimestamp(now, UTC),
-        has_offline_push_info=True,
-    )
+    event = crashed_recall(task_id, message_id, "lineage-1")
     broker.put(RESULTS, result_message(event))
     crashed = await broker.connect()  # it took the delivery and died holding it
     channel = await crashed.channel()
@@ -435,20 +422,6 @@ async def test_crash_between_results_event_and_ack_counts_as_recalled(
 
 
 # ---- a delivery whose handling raises (tests/integration/test_raising_delivery.py) --------------
-
-
-def raising_for(monkeypatch: pytest.MonkeyPatch, task_id: str, times: int) -> list[int]:
-    """Make parsing the request for `task_id` raise `times` times (a bug, a library fault)."""
-    raised: list[int] = []
-
-    def parse(raw: bytes, max_bytes: int) -> RecallRequest:
-        if task_id.encode() in raw and len(raised) < times:
-            raised.append(1)
-            raise RuntimeError("a bug for this body")
-        return parse_request(raw, max_bytes)
-
-    monkeypatch.setattr(worker_module, "parse_request", parse)
-    return raised
 
 
 async def test_raising_once_is_released_then_recalled(
