@@ -22,10 +22,13 @@
 # Each node has its own config, env file, mnesia and log directories under $CLUSTER_DIR (default
 # /var/lib/tim-recall/cluster), owned by user rabbitmq: the Debian package runs nodes as that user,
 # and they share its Erlang cookie (/var/lib/rabbitmq/.erlang.cookie) with rabbitmqctl. Needs root.
+# Nothing depends on the caller's working directory (it may be one user rabbitmq cannot enter, such
+# as a clone under `mktemp -d`): the nodes run from their own directories, rabbitmqctl from /.
 # Every failure ends with one line starting "cluster:" on stderr and a non-zero exit.
 set -euo pipefail
 
 DIR=${CLUSTER_DIR:-/var/lib/tim-recall/cluster}
+[[ $DIR == /* ]] || DIR=$PWD/$DIR # the nodes do not run in the caller's directory
 NODES=(c1 c2 c3)
 BASE_PORT=${CLUSTER_BASE_PORT:-5690}        # c1 listens on BASE_PORT+1, …
 BASE_DIST=${CLUSTER_BASE_DIST_PORT:-25690} # c1's dist port is BASE_DIST+1, …
@@ -59,8 +62,10 @@ pidfile() { echo "$DIR/$1/mnesia/$(nodename "$1").pid"; }
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-as_rabbitmq() { # run a RabbitMQ tool as user rabbitmq with the shared cookie's HOME
-  runuser -u rabbitmq -- env HOME="$COOKIE_HOME" "$@"
+as_rabbitmq() { # run a RabbitMQ tool as user rabbitmq with the shared cookie's HOME, from /
+  # Never from the caller's directory: when user rabbitmq cannot enter it, Erlang's code server
+  # fails on "." and prints eacces reports on stdout, into the JSON that callers parse.
+  (cd / && exec runuser -u rabbitmq -- env HOME="$COOKIE_HOME" "$@")
 }
 ctl() {
   local n
@@ -119,20 +124,30 @@ start_node() { # start one node detached; returns at once
   fi
   [[ -f $d/rabbitmq-env.conf ]] || write_node_files "$n"
   chown -R rabbitmq:rabbitmq "$DIR"
-  # Its own session, no inherited descriptors (make and pytest wait for their pipes).
-  setsid runuser -u rabbitmq -- env HOME="$COOKIE_HOME" \
-    RABBITMQ_CONF_ENV_FILE="$d/rabbitmq-env.conf" \
-    RABBITMQ_NODENAME="$(nodename "$n")" \
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-    RABBITMQ_NODE_PORT="$(amqp_port "$n")" \
-    RABBITMQ_DIST_PORT="$(dist_port "$n")" \
-    RABBITMQ_MNESIA_BASE="$d/mnesia" \
-    RABBITMQ_LOG_BASE="$d/log" \
-    RABBITMQ_CONFIG_FILE="$d/rabbitmq.conf" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" \
-    RABBITMQ_PID_FILE="$(pidfile "$n")" \
-    "$RMQ_LIB/rabbitmq-server" </dev/null >>"$d/start.log" 2>&1 9>&- &
+  readable "$n"
+  # Its own session, no inherited descriptors (make and pytest wait for their pipes), and the
+  # node's own directory as its working directory (never the caller's: see as_rabbitmq).
+  (
+    cd "$d"
+    exec setsid runuser -u rabbitmq -- env HOME="$COOKIE_HOME" \
+      RABBITMQ_CONF_ENV_FILE="$d/rabbitmq-env.conf" \
+      RABBITMQ_NODENAME="$(nodename "$n")" \
+      RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+      RABBITMQ_NODE_PORT="$(amqp_port "$n")" \
+      RABBITMQ_DIST_PORT="$(dist_port "$n")" \
+      RABBITMQ_MNESIA_BASE="$d/mnesia" \
+      RABBITMQ_LOG_BASE="$d/log" \
+      RABBITMQ_CONFIG_FILE="$d/rabbitmq.conf" \
+      RABBITMQ_ENABLED_PLUGINS_FILE="$d/enabled_plugins" \
+      RABBITMQ_PID_FILE="$(pidfile "$n")" \
+      "$RMQ_LIB/rabbitmq-server"
+  ) </dev/null >>"$d/start.log" 2>&1 9>&- &
   disown
+}
+
+readable() { # user rabbitmq must reach the node's files: every directory above DIR searchable
+  as_rabbitmq test -r "$DIR/$1/rabbitmq.conf" ||
+    die "user rabbitmq cannot read $DIR/$1/rabbitmq.conf: CLUSTER_DIR must be where that user can reach it"
 }
 
 await_node() {
@@ -168,7 +183,7 @@ up() {
   fi
   # A half-made cluster from an interrupted run: start again from nothing.
   if [[ -d $DIR ]]; then down quiet; fi
-  mkdir -p "$DIR"
+  (umask 022 && mkdir -p "$DIR")
   for n in "${NODES[@]}"; do write_node_files "$n"; done
   chown -R rabbitmq:rabbitmq "$DIR"
   for n in "${NODES[@]}"; do start_node "$n"; done
@@ -188,8 +203,7 @@ down() {
   local quiet=${1:-} n pid
   for n in "${NODES[@]}"; do
     pid=$(vm_pid "$n") || continue
-    timeout 30 "$RMQ_LIB/rabbitmqctl" -n "$(nodename "$n")" stop >/dev/null 2>&1 ||
-      ctl "$n" stop >/dev/null 2>&1 || true
+    as_rabbitmq timeout 30 "$RMQ_LIB/rabbitmqctl" -n "$(nodename "$n")" stop >/dev/null 2>&1 || true
     for _ in $(seq 1 20); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5
@@ -236,7 +250,7 @@ command=${1:-}
 [[ $# -gt 0 ]] && shift
 case $command in
   up | down)
-    mkdir -p "$(dirname "$DIR")"
+    (umask 022 && mkdir -p "$(dirname "$DIR")") # new parents searchable by user rabbitmq
     exec 9>"$DIR.lock"
     flock -w 300 9 || die "another cluster.sh held $DIR.lock for 5 minutes"
     "$command"

@@ -21,6 +21,8 @@
 # TLS_NODE_NAME, TLS_NODE_PORT, TLS_NODE_PLAIN_PORT and TLS_NODE_DIST_PORT change the node name and
 # ports (the test fixture picks free ones, so that two test runs never share a node); `down` and
 # `status` read them back from DIR.
+# Nothing depends on the caller's working directory (it may be one user rabbitmq cannot enter, such
+# as a clone under `mktemp -d`): the node runs from DIR/node, rabbitmqctl from /.
 # Every failure ends with one line starting "tls-node:" on stderr and a non-zero exit. Needs root.
 set -euo pipefail
 
@@ -43,7 +45,7 @@ DIR=${2:-}
 [[ $(id -u) == 0 ]] || die "needs root (the node runs as user rabbitmq)"
 command -v rabbitmq-server >/dev/null 2>&1 || die "rabbitmq-server is not installed"
 command -v openssl >/dev/null 2>&1 || die "openssl is not installed"
-mkdir -p "$DIR"
+(umask 022 && mkdir -p "$DIR") # new parents searchable by user rabbitmq
 DIR=$(cd "$DIR" && pwd)
 NODE_DIR=$DIR/node
 if [[ $command != up && -s $NODE_DIR/settings ]]; then
@@ -53,7 +55,12 @@ fi
 PID_FILE=$NODE_DIR/mnesia/$NODE.pid
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-ctl() { runuser -u rabbitmq -- env HOME="$COOKIE_HOME" "$RMQ_LIB/rabbitmqctl" -n "$NODE" "$@"; }
+as_rabbitmq() { # run a command as user rabbitmq with the node cookie's HOME, from /
+  # Never from the caller's directory: when user rabbitmq cannot enter it, Erlang's code server
+  # fails on "." and prints eacces reports on stdout.
+  (cd / && exec runuser -u rabbitmq -- env HOME="$COOKIE_HOME" "$@")
+}
+ctl() { as_rabbitmq "$RMQ_LIB/rabbitmqctl" -n "$NODE" "$@"; }
 vm_pid() {
   [[ -s $PID_FILE ]] || return 1
   local pid
@@ -120,7 +127,7 @@ EOF
   chown -R rabbitmq:rabbitmq "$DIR"
   chmod 700 "$DIR"
   chmod 600 "$DIR"/*.key
-  runuser -u rabbitmq -- test -r "$DIR/server.key" ||
+  as_rabbitmq test -r "$DIR/server.key" ||
     die "user rabbitmq cannot read $DIR/server.key: put DIR where that user can reach it"
 }
 
@@ -135,18 +142,23 @@ up() {
   done
   certificates
   configure
-  setsid runuser -u rabbitmq -- env HOME="$COOKIE_HOME" \
-    RABBITMQ_CONF_ENV_FILE="$NODE_DIR/rabbitmq-env.conf" \
-    RABBITMQ_NODENAME="$NODE" \
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-    RABBITMQ_NODE_PORT="$PLAIN_PORT" \
-    RABBITMQ_DIST_PORT="$DIST_PORT" \
-    RABBITMQ_MNESIA_BASE="$NODE_DIR/mnesia" \
-    RABBITMQ_LOG_BASE="$NODE_DIR/log" \
-    RABBITMQ_CONFIG_FILE="$NODE_DIR/rabbitmq.conf" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$NODE_DIR/enabled_plugins" \
-    RABBITMQ_PID_FILE="$PID_FILE" \
-    "$RMQ_LIB/rabbitmq-server" </dev/null >>"$NODE_DIR/start.log" 2>&1 9>&- &
+  # Its own session, no inherited descriptors, and its own directory as the working directory
+  # (never the caller's: see as_rabbitmq).
+  (
+    cd "$NODE_DIR"
+    exec setsid runuser -u rabbitmq -- env HOME="$COOKIE_HOME" \
+      RABBITMQ_CONF_ENV_FILE="$NODE_DIR/rabbitmq-env.conf" \
+      RABBITMQ_NODENAME="$NODE" \
+      RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+      RABBITMQ_NODE_PORT="$PLAIN_PORT" \
+      RABBITMQ_DIST_PORT="$DIST_PORT" \
+      RABBITMQ_MNESIA_BASE="$NODE_DIR/mnesia" \
+      RABBITMQ_LOG_BASE="$NODE_DIR/log" \
+      RABBITMQ_CONFIG_FILE="$NODE_DIR/rabbitmq.conf" \
+      RABBITMQ_ENABLED_PLUGINS_FILE="$NODE_DIR/enabled_plugins" \
+      RABBITMQ_PID_FILE="$PID_FILE" \
+      "$RMQ_LIB/rabbitmq-server"
+  ) </dev/null >>"$NODE_DIR/start.log" 2>&1 9>&- &
   disown
   local waited=0
   until listening "$TLS_PORT"; do
@@ -166,8 +178,7 @@ up() {
 down() {
   local pid
   if pid=$(vm_pid); then
-    timeout 30 runuser -u rabbitmq -- env HOME="$COOKIE_HOME" "$RMQ_LIB/rabbitmqctl" \
-      -n "$NODE" stop >/dev/null 2>&1 || true
+    as_rabbitmq timeout 30 "$RMQ_LIB/rabbitmqctl" -n "$NODE" stop >/dev/null 2>&1 || true
     for _ in $(seq 1 20); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.5

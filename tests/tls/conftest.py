@@ -20,11 +20,20 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tls-node.sh"
 BASE = Path(os.environ.get("TEST_TLS_BASE", "/var/lib/tim-recall"))
 
 
+def searchable(directory: Path) -> None:
+    """Make `directory` and its missing parents mode 0755 whatever the umask: user rabbitmq must
+    pass through them (an existing directory is left as it is; the script says when it cannot)."""
+    for path in reversed((directory, *directory.parents)):
+        if not path.exists():
+            path.mkdir(exist_ok=True)
+            path.chmod(0o755)
+
+
 @pytest.fixture(scope="session")
 def tls_node() -> Iterator[TlsNode]:
     """A TLS node for the session, with its own name and free ports (two test runs at once never
     share one); stopped and its directory removed afterwards."""
-    BASE.mkdir(parents=True, exist_ok=True)
+    searchable(BASE)
     directory = Path(tempfile.mkdtemp(prefix="tls-node-", dir=BASE))
     plain, tls, dist = free_ports(3)
     env = {
