@@ -1,4 +1,4 @@
-"""The sandbox's /sandbox/ admin endpoints: tasks, faults, latency, outages, the call record.
+"""The sandbox's /sandbox/ admin endpoints: apps, tasks, faults, latency, outages, the calls.
 
 No auth: the sandbox listens on 127.0.0.1 by default and holds no real secret.
 """
@@ -14,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from consumer.sandbox.apps import DEFAULT_ADMINS, AppRegistry
 from consumer.sandbox.calls import CallLog
 from consumer.sandbox.checks import json_object
 from consumer.sandbox.faults import Fault, Faults
+from consumer.sandbox.records import SandboxApp
 from consumer.sandbox.store import TaskStore
 
 
@@ -26,10 +28,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _NewApp(_Strict):
+    sdkappid: int
+    secret_key: str | None = None
+    admins: list[str] = sorted(DEFAULT_ADMINS)
+    min_interval: float | None = None
+
+
 class _NewTask(_Strict):
     online_only: bool = False
     task_id: str | None = None
     backdate_s: float = 0.0
+    sdkappid: int | None = None  # None: the default app
 
 
 class _Seconds(_Strict):
@@ -42,6 +52,7 @@ class _FaultIn(_Strict):
     code: int | None = None
     http_status: int | None = None
     hang: float | None = None
+    sdkappid: int | None = None
 
 
 class _OutageIn(_Strict):
@@ -54,28 +65,64 @@ class _OutageIn(_Strict):
 _AdminAction = Callable[[Request, dict[str, Any]], Any]
 
 
-def _new_task(tasks: TaskStore, doc: dict[str, Any]) -> dict[str, str]:
+def _app_record(app: SandboxApp) -> dict[str, Any]:
+    return {
+        "sdkappid": app.sdkappid,
+        "secret_key": app.secret_key,  # a sandbox key, made to be handed to the worker under test
+        "admins": sorted(app.admins),
+        "min_interval": app.min_interval,
+    }
+
+
+def _new_app(apps: AppRegistry, doc: dict[str, Any]) -> dict[str, Any]:
+    new = _NewApp.model_validate(doc)
+    app = apps.create(
+        new.sdkappid, secret_key=new.secret_key, admins=new.admins, min_interval=new.min_interval
+    )
+    return _app_record(app)
+
+
+def _new_task(apps: AppRegistry, tasks: TaskStore, doc: dict[str, Any]) -> dict[str, str]:
     new = _NewTask.model_validate(doc)
     start = tasks.now() - new.backdate_s
+    appid = apps.resolve(new.sdkappid).sdkappid  # ValueError (400) for an app not served
     if new.task_id is None:
-        return {"TaskId": tasks.create_task(online_only=new.online_only, started_at=start)}
-    tasks.add_task(new.task_id, online_only=new.online_only, started_at=start)
+        task_id = tasks.create_task(sdkappid=appid, online_only=new.online_only, started_at=start)
+        return {"TaskId": task_id}
+    tasks.add_task(new.task_id, sdkappid=appid, online_only=new.online_only, started_at=start)
     return {"TaskId": new.task_id}
 
 
 def _fault(doc: dict[str, Any]) -> Fault:
     f = _FaultIn(**doc)
-    return Fault(f.n, f.task_id, f.code, f.http_status, f.hang)
+    return Fault(f.n, f.task_id, f.code, f.http_status, f.hang, f.sdkappid)
+
+
+def _app_filter(request: Request) -> int | None:
+    """The `?sdkappid=` a listing is narrowed to, or None; ValueError (400) if not a number."""
+    value = request.query_params.get("sdkappid")
+    return None if value is None else int(value)
 
 
 def admin_routes(
-    tasks: TaskStore, faults: Faults, calls: CallLog, reset: Callable[[], None]
+    apps: AppRegistry,
+    tasks: TaskStore,
+    faults: Faults,
+    calls: CallLog,
+    reset: Callable[[], None],
 ) -> list[Route]:
     """The /sandbox/ routes that control a sandbox's parts from another process."""
+
+    def call_records(request: Request) -> list[dict[str, Any]]:
+        appid = _app_filter(request)
+        return [asdict(c) for c in calls.snapshot() if appid in (None, c.sdkappid)]
+
     actions: dict[tuple[str, str], _AdminAction] = {
         ("GET", "health"): lambda r, d: {"ok": True},
-        ("GET", "tasks"): lambda r, d: tasks.task_records(),
-        ("POST", "tasks"): lambda r, d: _new_task(tasks, d),
+        ("GET", "apps"): lambda r, d: [_app_record(a) for a in apps.apps()],
+        ("POST", "apps"): lambda r, d: _new_app(apps, d),
+        ("GET", "tasks"): lambda r, d: tasks.task_records(_app_filter(r)),
+        ("POST", "tasks"): lambda r, d: _new_task(apps, tasks, d),
         ("POST", "tasks/{task_id:path}/backdate"): lambda r, d: tasks.backdate(
             r.path_params["task_id"], _Seconds(**d).seconds
         ),
@@ -83,7 +130,7 @@ def admin_routes(
         ("DELETE", "faults"): lambda r, d: faults.clear(),
         ("POST", "latency"): lambda r, d: faults.set_latency(_Seconds(**d).seconds),
         ("POST", "outage"): lambda r, d: faults.outage(**_OutageIn(**d).model_dump()),
-        ("GET", "calls"): lambda r, d: [asdict(c) for c in calls.snapshot()],
+        ("GET", "calls"): lambda r, d: call_records(r),
         ("POST", "reset"): lambda r, d: reset(),
     }
     return [

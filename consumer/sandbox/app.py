@@ -1,39 +1,44 @@
-"""The sandbox: its parts composed into the revoke/push HTTP app, and the ways to serve it."""
+"""The sandbox: its parts composed into the revoke/push HTTP app, served in the current loop."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from consumer.core.serving import base_url, bind, serve_app
+from consumer.core.serving import serve_app
 from consumer.sandbox.admin import admin_routes
+from consumer.sandbox.apps import DEFAULT_ADMINS, AppRegistry
 from consumer.sandbox.calls import CallLog
-from consumer.sandbox.checks import check_request, json_object, random_param
+from consumer.sandbox.checks import check_request, json_object, random_param, sdkappid_param
 from consumer.sandbox.faults import Fault, Faults
-from consumer.sandbox.limiter import ArrivalLimiter
 from consumer.sandbox.pauses import Pauses
-from consumer.sandbox.records import PUSH_PATH, REVOKE_PATH, CallRecord, SandboxConfig
+from consumer.sandbox.records import (
+    PUSH_PATH,
+    REVOKE_PATH,
+    CallRecord,
+    SandboxApp,
+    SandboxConfig,
+)
 from consumer.sandbox.store import TaskStore
 from schemas.api import meaning
 
 
 class Sandbox:
-    """In-memory revoke/push service with fault injection and a record of every call."""
+    """In-memory revoke/push service for one app or many, with faults and a record of every call."""
 
     def __init__(
         self, config: SandboxConfig | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.config = config or SandboxConfig()
+        self._config = config or SandboxConfig()
         self._clock = clock
         # One lock for all parts, so reset forgets everything in one step. A threading lock, so
         # the control methods are safe from another thread too. Critical sections never await,
@@ -41,24 +46,80 @@ class Sandbox:
         # across the parts' own clears.
         self._lock = threading.RLock()
         self._tasks = TaskStore(clock, self._lock)
-        self._limiter = ArrivalLimiter(self._lock)
+        self._apps = AppRegistry(self._config.app(), self._lock)
         self._faults = Faults(self._lock)
         self._log = CallLog(self._lock)
         self.calls: list[CallRecord] = self._log.calls
         self._pauses = Pauses()  # serve_sandbox ends them at exit
         self._app: Starlette | None = None
 
+    # --- apps --------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SandboxConfig:
+        """The default app and the API's limits."""
+        return self._config
+
+    @config.setter
+    def config(self, config: SandboxConfig) -> None:
+        # Tests swap the config of a sandbox already made: the default app follows it, keeping
+        # its tasks and its limiter's memory, as when the sandbox served only that one app.
+        with self._lock:
+            old = self._apps.replace_default(config.app())
+            self._tasks.rehome(old, config.sdkappid)
+            self._config = config
+
+    def add_app(
+        self,
+        sdkappid: int,
+        *,
+        secret_key: str | None = None,
+        admins: Collection[str] = DEFAULT_ADMINS,
+        min_interval: float | None = None,
+    ) -> SandboxApp:
+        """Serve one more app (default: a random key, the config's interval); ValueError: taken."""
+        return self._apps.create(
+            sdkappid, secret_key=secret_key, admins=admins, min_interval=min_interval
+        )
+
+    def add_apps(
+        self, n: int, *, first: int | None = None, min_interval: float | None = None
+    ) -> list[SandboxApp]:
+        """Serve n more apps, SDKAppIDs consecutive from `first` (default: past the highest)."""
+        return self._apps.create_many(n, first=first, min_interval=min_interval)
+
+    def apps(self) -> list[SandboxApp]:
+        """Every app served, the config's first, then in the order they were added."""
+        return self._apps.apps()
+
     # --- tasks -------------------------------------------------------------------------------
 
-    def create_task(self, *, online_only: bool = False, started_at: float | None = None) -> str:
-        """Register a task with a Tencent-shaped TaskId (first part: start time in hex)."""
-        return self._tasks.create_task(online_only=online_only, started_at=started_at)
+    def create_task(
+        self,
+        *,
+        online_only: bool = False,
+        started_at: float | None = None,
+        sdkappid: int | None = None,
+    ) -> str:
+        """Register a task of an app (default: the config's) with a Tencent-shaped TaskId."""
+        app = self._apps.resolve(sdkappid)
+        return self._tasks.create_task(
+            sdkappid=app.sdkappid, online_only=online_only, started_at=started_at
+        )
 
     def add_task(
-        self, task_id: str, *, online_only: bool = False, started_at: float | None = None
+        self,
+        task_id: str,
+        *,
+        online_only: bool = False,
+        started_at: float | None = None,
+        sdkappid: int | None = None,
     ) -> None:
-        """Register a task under a TaskId chosen by the caller; ValueError if it exists."""
-        self._tasks.add_task(task_id, online_only=online_only, started_at=started_at)
+        """Register an app's task under a TaskId chosen by the caller; ValueError if it exists."""
+        app = self._apps.resolve(sdkappid)
+        self._tasks.add_task(
+            task_id, sdkappid=app.sdkappid, online_only=online_only, started_at=started_at
+        )
 
     def backdate(self, task_id: str, seconds: float) -> None:
         """Move a task's start `seconds` into the past; KeyError if unknown."""
@@ -72,13 +133,13 @@ class Sandbox:
         """Whether the task has been recalled."""
         return self._tasks.is_recalled(task_id)
 
-    def recalled_task_ids(self) -> list[str]:
-        """TaskIds recalled so far, in recall order."""
-        return self._tasks.recalled_task_ids()
+    def recalled_task_ids(self, sdkappid: int | None = None) -> list[str]:
+        """TaskIds recalled so far (of one app, when given), in recall order."""
+        return self._tasks.recalled_task_ids(sdkappid)
 
-    def task_records(self) -> list[dict[str, Any]]:
-        """Every task as a JSON-ready dict, with whether it was recalled."""
-        return self._tasks.task_records()
+    def task_records(self, sdkappid: int | None = None) -> list[dict[str, Any]]:
+        """Every task (of one app, if given) as a JSON-ready dict, with whether it was recalled."""
+        return self._tasks.task_records(sdkappid)
 
     def now(self) -> float:
         """The sandbox's wall clock (unix seconds)."""
@@ -94,9 +155,10 @@ class Sandbox:
         code: int | None = None,
         http_status: int | None = None,
         hang: float | None = None,
+        sdkappid: int | None = None,
     ) -> None:
-        """Make the next n revoke calls (for task_id, or any) fail; default ErrorCode 91000."""
-        self._faults.plan(Fault(n, task_id, code, http_status, hang))
+        """Fail the next n revoke calls (for task_id, to sdkappid, or any); default 91000."""
+        self._faults.plan(Fault(n, task_id, code, http_status, hang, sdkappid))
 
     def set_latency(self, seconds: float) -> None:
         """Delay every API answer by `seconds`, after the call has been processed."""
@@ -111,18 +173,18 @@ class Sandbox:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Forget tasks, calls, faults and the rate limiter's memory."""
+        """Forget tasks, calls, faults and every app's rate limiter memory; keep the apps."""
         self.clear_faults()
         with self._lock:
             self._tasks.clear()
             self._log.clear()
-            self._limiter.forget()
+            self._apps.forget()
 
     # --- calls -------------------------------------------------------------------------------
 
-    def revoke_calls(self) -> list[CallRecord]:
-        """Only the revoke calls, in arrival order."""
-        return self._log.revoke_calls()
+    def revoke_calls(self, sdkappid: int | None = None) -> list[CallRecord]:
+        """Only the revoke calls (to one app, when given), in arrival order."""
+        return self._log.revoke_calls(sdkappid)
 
     def call_records(self) -> list[CallRecord]:
         """A copy of every call recorded so far, in arrival order."""
@@ -142,18 +204,21 @@ class Sandbox:
         arrived, wall = time.monotonic(), time.time()
         # No await between the arrival stamp and the rate decision: calls are judged in the
         # order they arrived, whatever order their bodies finish arriving in.
-        rejected = check_request(request, self.config, self._clock, not_admin=90009)
-        if rejected is None:
-            rejected = self._limiter.arrive(arrived, self.config.min_interval)
+        appid = sdkappid_param(request)
+        app = self._apps.get(appid)
+        rejected = check_request(request, app, self._clock, not_admin=90009)
+        if rejected is None and app is not None:  # the checks pass only for a served app
+            rejected = self._apps.arrive(app.sdkappid, arrived)
         doc = json_object(await request.body())
         task_id = doc.get("TaskId") if doc is not None else None
         task_id = task_id if isinstance(task_id, str) else None
         opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
+        rnd = random_param(request)
         seen = CallRecord(
-            arrived, wall, REVOKE_PATH, task_id, None, 200, random_param(request), opi, body=doc
+            arrived, wall, REVOKE_PATH, task_id, None, 200, rnd, opi, body=doc, sdkappid=appid
         )
 
-        fault = self._faults.take(arrived, task_id) if rejected is None else None
+        fault = self._faults.take(arrived, task_id, appid) if rejected is None else None
         if fault is not None and fault.code is None:  # a bare HTTP error or a hang: no JSON
             status = fault.http_status or 504
             self._log.record(replace(seen, http_status=status))
@@ -161,22 +226,28 @@ class Sandbox:
             return _gateway_error(status)
         if fault is not None and fault.code is not None:
             rejected = fault.code, meaning(fault.code)
-        code, info = rejected or self._tasks.judge(doc, task_id, opi, self.config.recall_window)
+        window = self._config.recall_window
+        code, info = rejected or self._tasks.judge(doc, task_id, opi, window, appid)
         self._log.record(replace(seen, code=code))
         return await self._answer(code, info)
 
     async def _push(self, request: Request) -> Response:
         arrived, wall = time.monotonic(), time.time()
-        rejected = check_request(request, self.config, self._clock, not_admin=60010)
+        appid = sdkappid_param(request)
+        app = self._apps.get(appid)
+        rejected = check_request(request, app, self._clock, not_admin=60010)
         doc = json_object(await request.body())
         flag = doc.get("OnlineOnlyFlag", 0) if doc is not None else None
         if rejected is None and (type(flag) is not int or flag not in (0, 1)):
             rejected = 90001, "body must be a JSON object; OnlineOnlyFlag must be 0 or 1"
         opi = doc is not None and isinstance(doc.get("OfflinePushInfo"), dict)
-        task_id = None if rejected else self.create_task(online_only=flag == 1)
+        task_id = None
+        if rejected is None and app is not None:  # the task belongs to the app that pushed it
+            task_id = self.create_task(online_only=flag == 1, sdkappid=app.sdkappid)
         code, info = rejected or (0, "")
+        rnd = random_param(request)
         self._log.record(
-            CallRecord(arrived, wall, PUSH_PATH, task_id, code, 200, random_param(request), opi)
+            CallRecord(arrived, wall, PUSH_PATH, task_id, code, 200, rnd, opi, sdkappid=appid)
         )
         return await self._answer(code, info, **({"TaskId": task_id} if task_id else {}))
 
@@ -192,7 +263,7 @@ class Sandbox:
                 Route(REVOKE_PATH, self._revoke, methods=["POST"]),
                 Route(PUSH_PATH, self._push, methods=["POST"]),
             ]
-            admin = admin_routes(self._tasks, self._faults, self._log, self.reset)
+            admin = admin_routes(self._apps, self._tasks, self._faults, self._log, self.reset)
             self._app = Starlette(routes=api + admin)
         return self._app
 
@@ -210,19 +281,3 @@ async def serve_sandbox(
     # Hanging calls are answered at exit rather than keep the shutdown waiting.
     async with serve_app(sandbox.app(), host, port, before_exit=sandbox._pauses.end) as url:
         yield url
-
-
-def run_sandbox(config: SandboxConfig, host: str, port: int) -> None:
-    """Run the sandbox until interrupted (the `tim-recall sandbox` command)."""
-    sandbox = Sandbox(config)
-    sock = bind(host, port)
-    admin = min(config.admins, default="")
-    print(
-        f"tim-recall sandbox at {base_url(sock)} sdkappid={config.sdkappid} "
-        f"identifier={admin} secret_key={config.secret_key}",
-        flush=True,
-    )
-    uvicorn_config = uvicorn.Config(
-        sandbox.app(), log_level="warning", access_log=False, lifespan="off"
-    )
-    uvicorn.Server(uvicorn_config).run(sockets=[sock])

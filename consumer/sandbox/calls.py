@@ -34,10 +34,14 @@ class CallLog:
         with self._lock:
             return list(self.calls)
 
-    def revoke_calls(self) -> list[CallRecord]:
-        """Only the revoke calls, in arrival order."""
+    def revoke_calls(self, sdkappid: int | None = None) -> list[CallRecord]:
+        """Only the revoke calls (to one app, when given), in arrival order."""
         with self._lock:
-            return [c for c in self.calls if c.path == REVOKE_PATH]
+            return [
+                c
+                for c in self.calls
+                if c.path == REVOKE_PATH and (sdkappid is None or c.sdkappid == sdkappid)
+            ]
 
     async def until(self, predicate: Callable[[list[CallRecord]], bool], within: float) -> None:
         """Return once predicate(calls) is true; TimeoutError after `within` seconds."""

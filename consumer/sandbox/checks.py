@@ -10,23 +10,25 @@ from typing import Any
 from starlette.requests import Request
 
 from consumer.core.usersig import UserSigError, verify_usersig
-from consumer.sandbox.records import U32, SandboxConfig
+from consumer.sandbox.records import U32, SandboxApp
 from schemas.api import meaning
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def check_request(
-    request: Request, config: SandboxConfig, clock: Callable[[], float], not_admin: int
+    request: Request, app: SandboxApp | None, clock: Callable[[], float], not_admin: int
 ) -> tuple[int, str] | None:
-    """Query parameters, UserSig and admin checks, in the server's order; None when all pass."""
+    """Query, UserSig and admin checks against `app` (None: not served); None when all pass."""
+    # In the server's order: `app` is looked up from the query's sdkappid before any check, but
+    # a missing contenttype or sdkappid is still answered before an unknown app.
     q = request.query_params
     if q.get("contenttype") != "json":
         return 60002, "contenttype must be json"
     appid = q.get("sdkappid", "")
     if not appid:
         return 60012, meaning(60012)
-    if not _DIGITS.fullmatch(appid) or int(appid) != config.sdkappid:
+    if app is None or not _DIGITS.fullmatch(appid) or int(appid) != app.sdkappid:
         return 60006, meaning(60006)
     identifier, usersig = q.get("identifier", ""), q.get("usersig", "")
     if not identifier:
@@ -37,18 +39,27 @@ def check_request(
     if not _DIGITS.fullmatch(rnd) or int(rnd) > U32:
         return 60002, "random must be an integer from 0 to 4294967295"
     try:
-        verify_usersig(usersig, config.sdkappid, identifier, config.secret_key, now=clock())
+        verify_usersig(usersig, app.sdkappid, identifier, app.secret_key, now=clock())
     except UserSigError as exc:
         return exc.code, exc.reason
-    if identifier not in config.admins:
+    if identifier not in app.admins:
         return not_admin, meaning(not_admin)
     return None
 
 
 def random_param(request: Request) -> int | None:
     """The query's `random` as a number, or None when it is not one."""
-    rnd = request.query_params.get("random", "")
-    return int(rnd) if _DIGITS.fullmatch(rnd) else None
+    return _number_param(request, "random")
+
+
+def sdkappid_param(request: Request) -> int | None:
+    """The query's `sdkappid` as a number, or None when it is not one."""
+    return _number_param(request, "sdkappid")
+
+
+def _number_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name, "")
+    return int(value) if _DIGITS.fullmatch(value) else None
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ class Fault:
     code: int | None = None
     http_status: int | None = None
     hang: float | None = None
+    sdkappid: int | None = None  # only calls to this app; None: to any app
 
 
 class Faults:
@@ -59,13 +60,13 @@ class Faults:
             self._outage = None
             self.latency = 0.0
 
-    def take(self, arrived: float, task_id: str | None) -> Fault | None:
-        """The fault for a revoke call that arrived at `arrived` (monotonic), counted as used."""
+    def take(self, arrived: float, task_id: str | None, sdkappid: int | None) -> Fault | None:
+        """The fault for a revoke call to an app that arrived at `arrived`, counted as used."""
         with self._lock:
             if self._outage is not None and arrived < self._outage_until:
                 return self._outage
             for fault in self._planned:
-                if fault.task_id is None or fault.task_id == task_id:
+                if fault.task_id in (None, task_id) and fault.sdkappid in (None, sdkappid):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._planned.remove(fault)

@@ -1,4 +1,4 @@
-"""What the sandbox serves and records: its config, the two API paths, one call as it saw it."""
+"""What the sandbox serves and records: its config, its apps, the API paths, one call as seen."""
 
 from __future__ import annotations
 
@@ -11,14 +11,28 @@ U32 = 0xFFFFFFFF  # the largest `random`; the TaskId's start field is this wide
 
 
 @dataclass(frozen=True)
+class SandboxApp:
+    """One Chat app the sandbox serves: its SDKAppID, SecretKey, admins and rate limit."""
+
+    sdkappid: int
+    secret_key: str
+    admins: frozenset[str]
+    min_interval: float  # this app's calls closer than this on arrival get 90051
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
-    """The sandbox app's identity and the API's limits."""
+    """The sandbox's first (default) app and the API's limits."""
 
     sdkappid: int = 1400000000
     secret_key: str = "sandbox-secret-key-0123456789abcdef"  # noqa: S105 - a public sandbox key
     admins: frozenset[str] = frozenset({"administrator"})
-    min_interval: float = 1.0  # calls closer than this on arrival get 90051
+    min_interval: float = 1.0  # the default app's (and added apps', unless given): 90051 if closer
     recall_window: float = 86400.0  # a task can be recalled this long after its start
+
+    def app(self) -> SandboxApp:
+        """The default app this config describes."""
+        return SandboxApp(self.sdkappid, self.secret_key, self.admins, self.min_interval)
 
 
 @dataclass(frozen=True)
@@ -34,3 +48,4 @@ class CallRecord:
     random: int | None
     offline_push_info: bool
     body: dict[str, Any] | None = None  # the JSON body as received (revoke)
+    sdkappid: int | None = None  # the query's sdkappid when it is a number, known app or not

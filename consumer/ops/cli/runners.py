@@ -45,7 +45,14 @@ def demo() -> None:
 @click.option(
     "--min-interval", default=1.0, show_default=True, help="The API's frequency limit, s."
 )
-def sandbox(host: str, port: int, min_interval: float) -> None:
+@click.option(
+    "--apps",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Chat apps to serve, each with its own key and limit; SDKAppIDs consecutive.",
+)
+def sandbox(host: str, port: int, min_interval: float, apps: int) -> None:
     """Serve a local sandbox of the revoke API (no credentials needed)."""
 
-    run_sandbox(SandboxConfig(min_interval=min_interval), host, port)
+    run_sandbox(SandboxConfig(min_interval=min_interval), host, port, apps=apps)
