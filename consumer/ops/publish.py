@@ -14,7 +14,14 @@ from aio_pika.exceptions import DeliveryError
 
 from consumer.core.broker import broker_errors, connect_any
 from consumer.core.errors import TimRecallError
-from consumer.producer import NoOutcomeYet, RecallPublisher, Receipt, RepliesLost, Unroutable
+from consumer.producer import (
+    DEFAULT_EXCHANGE,
+    NoOutcomeYet,
+    RecallPublisher,
+    Receipt,
+    RepliesLost,
+    Unroutable,
+)
 from schemas.events import ResultEvent
 from schemas.recall import InvalidRequest, RecallRequest, parse_request
 
@@ -107,6 +114,34 @@ class Waited:
     problem: str | None = None  # no outcome in time, or the connection lost: still queued
 
 
+async def publish_to_app(
+    amqp_url: str,
+    requests: Sequence[RecallRequest],
+    *,
+    app: int,
+    exchange: str = DEFAULT_EXCHANGE,
+    correlation_id: str | None = None,
+) -> list[Receipt]:
+    """Publish every request for `app` through `exchange` (routing key: the SDKAppID) with
+    confirms and mandatory routing, no reply asked for; raises NoSuchApp when no queue serves
+    it."""
+    async with RecallPublisher(amqp_url, app=app, exchange=exchange) as publisher:
+        receipts: list[Receipt] = []
+        for request in requests:
+            try:
+                receipts.append(
+                    await publisher.publish(
+                        request.task_id,
+                        offline_push_info=request.offline_push_info,
+                        correlation_id=correlation_id,
+                        reply=False,
+                    )
+                )
+            except Unroutable as exc:
+                raise _not_published(exc, len(receipts), app) from None
+        return receipts
+
+
 async def publish_and_wait(
     amqp_url: str,
     queue: str,
@@ -115,10 +150,16 @@ async def publish_and_wait(
     correlation_id: str | None,
     timeout: float,  # noqa: ASYNC109 (the outcomes' deadline, not one call's)
     on_done: Callable[[Waited], None] = lambda _: None,
+    app: int | None = None,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> list[Waited]:
     """Publish every request through one RecallPublisher (confirmed, mandatory, with a reply
-    asked for), then wait for all outcomes until `timeout` s after the last confirm."""
-    async with RecallPublisher(amqp_url, queue) as publisher:
+    asked for; to `queue`, or for `app` through `exchange`), then wait for all outcomes until
+    `timeout` s after the last confirm."""
+    # No reply_ttl: every receipt is waited for below, however long publishing them all takes.
+    async with RecallPublisher(
+        amqp_url, queue, app=app, exchange=exchange, reply_ttl=None
+    ) as publisher:
         receipts: list[Receipt] = []
         for request in requests:
             try:
@@ -130,7 +171,7 @@ async def publish_and_wait(
                     )
                 )
             except Unroutable as exc:
-                raise PublishError(f"{exc} ({len(receipts)} published before it)") from None
+                raise _not_published(exc, len(receipts), app) from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
@@ -143,3 +184,11 @@ async def publish_and_wait(
             return waited
 
         return list(await asyncio.gather(*(one(r) for r in receipts)))
+
+
+def _not_published(exc: Unroutable, published: int, app: int | None) -> TimRecallError:
+    """Why a request was not published, with how many were before it; for an app, when it was
+    the first, the cause alone (every request of the call goes the same way: none could)."""
+    if app is not None and not published:
+        return exc
+    return PublishError(f"{exc} ({published} published before it)")

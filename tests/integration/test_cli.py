@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from consumer.core.stream import result_message
+from tests.integration.test_producer import APP, UNKNOWN_APP, serving_app
 from tests.support.broker import Broker, Names
 from tests.support.events import event
 from tests.unit.test_broker_errors import CERT_PEM, KEY_PEM
@@ -219,6 +220,8 @@ async def test_a_missing_queue_is_one_line_and_exit_1(
         (("results", "--since", "5 weeks"), "--since"),
         (("publish",), "--task-id"),
         (("publish", "--task-id", "t_1", "--file", "-"), "--file"),
+        (("publish", "--task-id", "t_1", "--exchange", "x"), "--exchange"),
+        (("publish", "--task-id", "t_1", "--app", "0"), "--app"),
         (("schema", "--bogus"), "--bogus"),
         (("run", "--bogus"), "--bogus"),
         (("demo", "--bogus"), "--bogus"),
@@ -322,3 +325,32 @@ async def test_results_shows_an_event_published_twice_once(
     code, out, err = await cli("results", "--since", "1h", env=env)
     assert code == 0, err
     assert out.splitlines()[-1] == "2 event(s) since 1h, 1 published twice shown once"
+
+
+async def test_publish_for_an_app_is_routed_by_its_sdkappid_and_an_unknown_app_exits_1(
+    amqp_url: str, broker: Broker, names: Names
+) -> None:
+    async with serving_app(broker) as exchange:
+        env = {"RECALL_AMQP_URL": amqp_url, "RECALL_EXCHANGE": exchange}  # --exchange's default
+        code, out, err = await cli("publish", "--task-id", "abc_1", "--app", str(APP), env=env)
+        assert (code, err) == (0, "")
+        assert out.splitlines()[-1] == (
+            f"1 request(s) published for app {APP} to exchange {exchange!r}, confirmed by the "
+            "broker"
+        )
+        (message,) = await broker.take(names.queue)
+        assert (message.exchange, message.routing_key) == (exchange, str(APP))
+        assert json.loads(message.body) == {"TaskId": "abc_1"}
+        assert message.reply_to is None  # nothing waits for it
+        no_such_app = (
+            f"tim-recall: no such app: {UNKNOWN_APP} (no queue serves it on exchange "
+            f"{exchange!r}; is the app in the worker's RECALL_APPS_FILE?)"
+        )
+        unknown = ("publish", "--task-id", "abc_2", "--app", str(UNKNOWN_APP))
+        only_url = {"RECALL_AMQP_URL": amqp_url}
+        for args in (unknown, (*unknown, "--wait")):
+            line = one_line(*await cli(*args, "--exchange", exchange, env=only_url), 1)
+            assert line == no_such_app
+        assert await broker.count(names.queue) == 0
+    line = one_line(*await cli("publish", "--task-id", "abc_3", "--app", str(APP), env=env), 1)
+    assert f"exchange {exchange!r} does not exist; a worker declares it at start" in line

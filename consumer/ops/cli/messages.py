@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import click
+from click.core import ParameterSource
 
 from consumer.core.settings import Settings, load_settings
 from consumer.ops import publish as publishing
@@ -23,6 +24,7 @@ from consumer.ops.cli.console import (
     say,
 )
 from consumer.ops.reports import RESULTS_HEADERS, parse_since, print_results, results_rows, table
+from consumer.producer import DEFAULT_EXCHANGE
 from schemas.asyncapi import asyncapi_document
 from schemas.events import result_event_json_schema
 from schemas.recall import InvalidRequest, OfflinePushInfo, RecallRequest, request_json_schema
@@ -54,7 +56,22 @@ class BadInput(click.ClickException):
     help="With --wait: how long to wait for the outcomes, e.g. 60s, 2m.",
 )
 @click.option("--json", "as_json", is_flag=True, help="With --wait: one JSON event per line.")
+@click.option(
+    "--app",
+    type=click.IntRange(min=1),
+    help="The SDKAppID: publish to --exchange, routed by it; exit 1 if no queue serves it.",
+)
+@click.option(
+    "--exchange",
+    envvar="RECALL_EXCHANGE",
+    default=DEFAULT_EXCHANGE,
+    show_default=True,
+    show_envvar=True,
+    help="With --app: the direct exchange the workers bind their apps' queues to.",
+)
+@click.pass_context
 def publish(
+    ctx: click.Context,
     *,
     task_id: str | None,
     title: str | None,
@@ -64,6 +81,8 @@ def publish(
     wait: bool,
     timeout: float,
     as_json: bool,
+    app: int | None,
+    exchange: str,
 ) -> None:
     """Publish recall requests with publisher confirms; exit 1 if the broker did not take one."""
 
@@ -71,6 +90,9 @@ def publish(
         raise click.UsageError("give --task-id or --file (one of them)")
     if as_json and not wait:
         raise click.UsageError("--json goes with --wait")
+    # RECALL_EXCHANGE may be set for every command; only a typed --exchange needs an --app.
+    if app is None and ctx.get_parameter_source("exchange") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--exchange goes with --app")
     settings = load_settings()
     try:
         if file_ is not None:
@@ -85,7 +107,13 @@ def publish(
     except (InvalidRequest, ValueError) as exc:
         raise BadInput(f"not published: {getattr(exc, 'info', exc)}") from None
     if wait:
-        sys.exit(_publish_and_wait(settings, requests, correlation_id, timeout, as_json))
+        code = _publish_and_wait(
+            settings, requests, correlation_id, timeout, as_json, app=app, exchange=exchange
+        )
+        sys.exit(code)
+    if app is not None:
+        _publish_to_app(settings, requests, correlation_id, app, exchange)
+        return
     items = [publishing.outgoing(r, correlation_id) for r in requests]
     count = asyncio.run(
         publishing.publish(settings.amqp_url.get_secret_value(), settings.queue, items)
@@ -108,12 +136,40 @@ def _duration(value: str) -> float:
     return seconds
 
 
+def _publish_to_app(
+    settings: Settings,
+    requests: Sequence[RecallRequest],
+    correlation_id: str | None,
+    app: int,
+    exchange: str,
+) -> None:
+    """Publish for one app through the exchange, and say what was published."""
+    receipts = asyncio.run(
+        publishing.publish_to_app(
+            settings.amqp_url.get_secret_value(),
+            requests,
+            app=app,
+            exchange=exchange,
+            correlation_id=correlation_id,
+        )
+    )
+    for request, receipt in zip(requests, receipts, strict=True):
+        click.echo(f"published message_id={receipt.message_id} {request.api_bytes().decode()}")
+    click.echo(
+        f"{len(receipts)} request(s) published for app {app} to exchange {exchange!r}, "
+        "confirmed by the broker"
+    )
+
+
 def _publish_and_wait(
     settings: Settings,
     requests: Sequence[RecallRequest],
     correlation_id: str | None,
     timeout: float,
     as_json: bool,
+    *,
+    app: int | None,
+    exchange: str,
 ) -> int:
     """Publish, wait, print one results row (or JSON line) per request; the exit code: 4 if one
     had no outcome in time, else 3 if one was dead-lettered, else 0."""
@@ -129,6 +185,8 @@ def _publish_and_wait(
                 correlation_id=correlation_id,
                 timeout=timeout,
                 on_done=lambda _: bar.update(1),
+                app=app,
+                exchange=exchange,
             )
         )
     finally:
