@@ -18,12 +18,12 @@ from pydantic.json_schema import models_json_schema
 
 from schemas.events import (
     H_ATTEMPTS,
+    H_DEAD_LETTER_ID,
     H_DEAD_LETTERED_AT,
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
     H_FIRST_SEEN,
-    H_LINEAGE,
     H_TRACEPARENT,
     ResultEvent,
 )
@@ -129,7 +129,14 @@ def _event_message() -> dict[str, Any]:
 def _dead_letter_message() -> dict[str, Any]:
     integer = {"type": "integer"}
     table = {
-        "required": [H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_ATTEMPTS, H_DEAD_LETTERED_AT],
+        "required": [
+            H_ERROR_CODE,
+            H_ERROR_INFO,
+            H_ERROR_SOURCE,
+            H_ATTEMPTS,
+            H_DEAD_LETTERED_AT,
+            H_DEAD_LETTER_ID,
+        ],
         "properties": {
             H_ERROR_CODE: {**integer, "description": "The API's ErrorCode; 90001: bad body."},
             H_ERROR_INFO: {"type": "string", "maxLength": 1000},
@@ -137,7 +144,10 @@ def _dead_letter_message() -> dict[str, Any]:
             H_ATTEMPTS: {**integer, "minimum": 0, "description": "API calls made."},
             H_FIRST_SEEN: {**integer, "description": "Unix seconds."},
             H_DEAD_LETTERED_AT: {**integer, "description": "Unix seconds."},
-            H_LINEAGE: {"type": "string", "description": "The delivery chain."},
+            H_DEAD_LETTER_ID: {
+                "type": "string",
+                "description": "Unique per dead letter: moved back, it is a new request.",
+            },
             H_TRACEPARENT: {"type": "string", "description": "Kept from the request."},
         },
     }

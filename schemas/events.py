@@ -15,9 +15,8 @@ H_ATTEMPTS = "x-recall-attempts"
 H_FIRST_SEEN = "x-recall-first-seen"  # unix seconds (int) when a worker first took the request
 H_MAY_HAVE_REACHED = "x-recall-may-have-reached"  # an earlier call may have recalled it
 H_DEAD_LETTERED_AT = "x-recall-dead-lettered-at"  # unix seconds (int)
-# A uuid the worker stamps on a request the first time it sees it: one delivery chain (its
-# redeliveries, re-publishes and releases) keeps it; `dlq replay` and a producer's re-publish
-# carry none, so they start a new chain.
+# The chain a copy of ours continues (a release, a re-publish after the retry budget): see
+# consumer/core/identity.py. Never on a dead letter: a dead letter moved back is a new chain.
 H_LINEAGE = "x-recall-lineage"
 H_RELEASES = "x-recall-releases"  # times handed back with no call (shutdown, halt)
 H_FAILURES = "x-recall-failures"  # times its handling raised unexpectedly
@@ -25,7 +24,42 @@ H_TRACEPARENT = (
     "traceparent"  # W3C trace context, as OpenTelemetry's messaging conventions carry it
 )
 H_HALTS = "x-recall-halts"  # times its call halted the worker (handed back, not settled)
-RECALL_ERROR_HEADERS = (H_ERROR_CODE, H_ERROR_INFO, H_ERROR_SOURCE, H_DEAD_LETTERED_AT)
+# Times in unix milliseconds (integers: AMQP clients encode a float header as a 32-bit float,
+# which keeps unix seconds only to about two minutes).
+H_HALTED_AT = "x-recall-halted-at-ms"  # its latest halt (a release copy)
+H_EXPIRES_AT = "x-recall-expires-at-ms"  # when the producer's `expiration` runs out
+# A fresh id on every request `dlq replay` publishes and on every dead letter: no two of them
+# are the same bytes, so each is a chain of its own (see consumer/core/identity.py).
+H_REPLAY = "x-recall-replay"
+H_DEAD_LETTER_ID = "x-recall-dead-letter-id"
+RECALL_ERROR_HEADERS = (
+    H_ERROR_CODE,
+    H_ERROR_INFO,
+    H_ERROR_SOURCE,
+    H_DEAD_LETTERED_AT,
+    H_DEAD_LETTER_ID,
+)
+# What only a copy of ours carries about its chain: dropped from a dead letter, ignored on
+# anything that is not a copy.
+CHAIN_HEADERS = (
+    H_LINEAGE,
+    H_RELEASES,
+    H_FAILURES,
+    H_HALTS,
+    H_HALTED_AT,
+    H_MAY_HAVE_REACHED,
+    H_EXPIRES_AT,
+)
+# Set by the broker when it dead-letters a message itself (delivery limit, expiry).
+BROKER_DEATH_HEADERS = (
+    "x-death",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-last-death-exchange",
+)
 
 Source = Literal["api", "local"]
 SettledOutcome = Literal["recalled", "dead_lettered"]
@@ -56,8 +90,9 @@ class ResultEvent(BaseModel):
     )
     lineage: str | None = Field(
         default=None,
-        description="The delivery chain this event settles (x-recall-lineage): a replayed or "
-        "re-published request is a new chain with its own event.",
+        description="The request chain this event settles (`<root>#<n>`, see "
+        "consumer/core/identity.py): a replayed or re-published request is a new chain with "
+        "its own event.",
     )
     first_seen: datetime
     settled_at: datetime

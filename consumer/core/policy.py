@@ -16,10 +16,9 @@ class Outcome(StrEnum):
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
     HALT = "halt"
-    # This very message was settled and told before a crash took its ack: only the ack is owed.
+    # Its chain was settled and told before (a crash took the ack, or a copy of it was
+    # settled elsewhere): only the ack is owed.
     ALREADY_SETTLED = "already_settled"
-    # First sight: the request goes to the queue's tail once, stamped with its lineage.
-    STAMP = "stamp"
     # Handed back with no call of this delivery (shutdown, halt, an unexpected error).
     RELEASED = "released"
 
@@ -53,8 +52,9 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     HANDLING_FAILED = "handling_failed"
     HALTED_AGAIN = "halted_again"
-    STAMP = "stamp"
     ALREADY_SETTLED = "already_settled"
+    EXPIRATION_PASSED = "expiration_passed"  # the producer's `expiration` ran out
+    DELIVERY_LIMIT = "delivery_limit"  # one more return and the broker would drop it unseen
     # Why a delivery was released to the queue's tail
     SHUTDOWN = "shutdown"
     HALTED = "halted"
@@ -100,9 +100,13 @@ ALREADY_RECALLED = E.ALREADY_RECALLED
 PERMANENT_CODES = frozenset(
     {E.TASK_ID_ILLEGAL, E.WINDOW_PASSED, E.NEEDS_OFFLINE_PUSH_INFO, E.INVALID_JSON}
 )
-# tim-recall's own code for a request whose handling raised twice (source `local`): not a
-# Tencent code, so not an ErrorCode; the dead letter's info names the error.
+# tim-recall's own codes (source `local`), not Tencent's, so not ErrorCodes: a request whose
+# handling raised twice (the dead letter's info names the error); one whose producer-set
+# `expiration` ran out while it waited; one the broker was about to dead-letter on its own
+# (its delivery limit), told here so that no request ends without its results event.
 HANDLING_FAILED = 99999
+EXPIRATION_PASSED = 99998
+DELIVERY_LIMIT_REACHED = 99997
 HALT_CODES = frozenset(
     {E.NOT_ADMIN, E.IDENTIFIER_OR_SIG_WRONG, E.IDENTIFIER_OR_SIG_WRONG_2, E.SDKAPPID_INVALID}
     | {E.IDENTIFIER_NOT_ADMIN, E.SDKAPPID_MISSING, E.SDKAPPID_DISABLED, E.PACKAGE_EXPIRED}
@@ -209,7 +213,7 @@ class Action(StrEnum):
 
     ACK = "ack"  # recalled: tell, then ack
     DEAD_LETTER = "dead_letter"  # publish the dead letter (confirmed), tell, then ack
-    REPUBLISH = "republish"  # stamp, or budget spent: a copy to the queue's tail, then ack
+    REPUBLISH = "republish"  # budget spent: a copy to the queue's tail, then ack
     # Handed back unsettled (halting, stopping, an error): a copy to the queue's tail, then ack.
     # A copy rather than `nack(requeue)`: the broker's delivery counting differs by version
     # (4.3 counts reject but not nack) and a redelivery cannot carry what we know (no call was
@@ -224,7 +228,6 @@ _ACTIONS = {
     Outcome.RETRY: Action.REPUBLISH,
     Outcome.HALT: Action.RELEASE,
     Outcome.ALREADY_SETTLED: Action.ACK_ONLY,
-    Outcome.STAMP: Action.REPUBLISH,
     Outcome.RELEASED: Action.RELEASE,
 }
 
@@ -232,6 +235,16 @@ _ACTIONS = {
 def action_for(outcome: Outcome) -> Action:
     """The one mapping from an outcome to what happens to the delivery."""
     return _ACTIONS[outcome]
+
+
+def halted_again(halted_at: float | None, probe_passed_at: float | None) -> bool:
+    """Whether a request that halts a worker now had halted one before and a probe passed since
+    that halt of its own: then the fault is its own (a gateway refusing its body), not ours.
+
+    Judged on the request, not on the replica: a probe that passed before the request's latest
+    halt (an earlier key rotation, another request's halt) says nothing of it.
+    """
+    return halted_at is not None and probe_passed_at is not None and probe_passed_at > halted_at
 
 
 def probe_passed(result: ApiResult) -> bool:

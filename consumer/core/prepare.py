@@ -54,11 +54,6 @@ class Refuse:
 
 
 @dataclass(frozen=True)
-class AlreadySettled:
-    """This very delivery chain was settled and told before its ack was lost: ack it, no more."""
-
-
-@dataclass(frozen=True)
 class PrepareRules:
     """The settings `prepare` follows."""
 
@@ -99,15 +94,10 @@ def prepare(
     rules: PrepareRules,
     now: float,
     *,
-    lineage: str | None = None,
     published_at: float | None = None,
-) -> Proceed | Refuse | AlreadySettled:
-    """Decide whether a call can succeed, and with what body.
-
-    `lineage`: the delivery chain; if it was settled and told, only its ack is owed.
-    """
-    if lineage is not None and memory.was_told(lineage, now):
-        return AlreadySettled()
+) -> Proceed | Refuse:
+    """Decide whether a call can succeed, and with what body (whether the chain was told
+    already is consumer/core/identity.py's question, asked before)."""
     recalled_at = memory.recalled_at(request.task_id, now)
     if recalled_at is not None:
         info = f"already recalled by tim-recall at {_iso(recalled_at)}"

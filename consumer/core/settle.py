@@ -23,13 +23,19 @@ from consumer.core.policy import Action, Outcome, Reason, ReplyResult, action_fo
 from consumer.core.stream import StreamWriter, publish_confirmed, result_message
 from consumer.core.topology import Topology, declare
 from schemas.events import ResultEvent
+from schemas.recall import RecallRequest
 
+# What a broker operation raises when the broker refuses it or the connection is lost. aio-pika
+# raises a plain RuntimeError for an operation on a closed connection ("Connection was not
+# opened" when opening a channel): that is a lost connection too, never a reason to forget
+# what the journal knows of a call.
 SETTLE_ERRORS = (
     ChannelInvalidStateError,
     DeliveryError,
     aiormq.exceptions.AMQPError,
     ConnectionError,
     asyncio.TimeoutError,
+    RuntimeError,
 )
 STEP_TRIES = 6  # with waits of 0.25 s doubling to 4 s: about 12 s on a live connection
 STEP_BACKOFF = Backoff(0.25, 4.0)
@@ -46,7 +52,7 @@ class Step(StrEnum):
     """The steps of a settlement, in the order they run."""
 
     DEAD_LETTER = "dead_letter"
-    COPY = "copy"  # the request again at the queue's tail: stamp, re-publish or release
+    COPY = "copy"  # the request again at the queue's tail: a re-publish or a release
     RESULT_EVENT = "result_event"
     REPLY = "reply"  # the results event to the request's reply_to, when it has one
     ACK = "ack"
@@ -95,6 +101,7 @@ class Progress:
     redelivery resumes where the settlement stopped instead of calling and publishing again."""
 
     called: bool = False
+    request: RecallRequest | None = None  # the body, parsed once
     verdict: Verdict | None = None
     envelope: Envelope | None = None  # as settled (a copy carries these headers)
     event: ResultEvent | None = None
@@ -187,17 +194,22 @@ class Settler:
         progress: Progress | None = None,
         *,
         void: Callable[[], bool] = lambda: False,
+        last_chance: bool = False,
     ) -> Settled:
         """Settle the delivery; with the results event when it is recalled or dead-lettered.
 
-        `envelope` is what a copy (stamp, re-publish, release) carries in its headers.
+        `envelope` is what a copy (re-publish, release) carries in its headers. On its
+        `last_chance` (one more return and the broker dead-letters it unseen) a delivery is
+        never given back: its steps are tried until they pass or the connection goes.
         """
         progress = progress or Progress()
         progress.verdict, progress.envelope = verdict, envelope
         action = action_for(verdict.outcome)
         steps: list[tuple[Step, Callable[[], Awaitable[None]]]] = []
         if action in (Action.REPUBLISH, Action.RELEASE):
-            again = republish_message(message, envelope, attempts=verdict.attempts)
+            again = republish_message(
+                message, envelope, attempts=verdict.attempts, now=self._clock()
+            )
             steps.append((Step.COPY, lambda: self._publish(again, self._topology.queue, log)))
         elif action in (Action.ACK, Action.DEAD_LETTER):
             now = self._clock()
@@ -229,7 +241,7 @@ class Settler:
             if void():  # not ours any more: whoever gets the redelivery settles it
                 log.warning("settle_abandoned_redelivery_expected", step=name.value)
                 return Settled(done=False, event=_told(progress))
-            if not await self._step(name, step, message, log, void):
+            if not await self._step(name, step, message, log, void, last_chance=last_chance):
                 return Settled(done=False, event=_told(progress))
             progress.done.add(name)
             if name is Step.RESULT_EVENT and progress.event is not None:
@@ -254,8 +266,12 @@ class Settler:
         message: AbstractIncomingMessage,
         log: FilteringBoundLogger,
         void: Callable[[], bool],
+        *,
+        last_chance: bool = False,
     ) -> bool:
-        for attempt in range(1, STEP_TRIES + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await asyncio.wait_for(step(), STEP_TIMEOUT_S)
                 return True
@@ -273,9 +289,11 @@ class Settler:
                 log.warning(
                     "settle_step_retry", step=name.value, attempt=attempt, error=type(exc).__name__
                 )
-                if attempt < STEP_TRIES:  # after the last try, give it back at once
-                    await asyncio.sleep(STEP_BACKOFF.wait_s(attempt))
-        # Never leave a delivery held on a live channel: hand it back so it is tried again.
+                if attempt >= STEP_TRIES and not last_chance:
+                    break  # give it back at once
+                await asyncio.sleep(STEP_BACKOFF.wait_s(min(attempt, STEP_TRIES)))
+        # Never leave a delivery held on a live channel: hand it back so it is tried again (the
+        # broker counts that toward its delivery limit; the last chance is never given back).
         log.error("settle_failed", step=name.value, tries=STEP_TRIES)
         await self.give_back(message, log)
         return False

@@ -1,34 +1,47 @@
-"""The consume loop: one delivery at a time through stamp, parse, prepare, recall, settle, tell."""
+"""The consume loop: one delivery at a time through read, parse, prepare, recall, settle, tell."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from structlog.typing import FilteringBoundLogger
 
 from consumer.core import tracing
 from consumer.core.backoff import Backoff
 from consumer.core.broker import connect
 from consumer.core.client import RevokeClient
-from consumer.core.envelope import Envelope, read_envelope
+from consumer.core.envelope import Envelope, minimal_envelope, read_envelope, remaining_s
 from consumer.core.errors import BrokerUnavailable
 from consumer.core.fence import silent_for
 from consumer.core.halt import HaltProbe
+from consumer.core.identity import lineage_of, resolve_chain
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
 from consumer.core.nodes import Connect, NoNodeReachable, connect_first, node_of, split_urls
 from consumer.core.pacing import Pacer, sleep_unless_set
-from consumer.core.policy import HANDLING_FAILED, History, Outcome, Reason
-from consumer.core.prepare import AlreadySettled, PrepareRules, Refuse, prepare, window_closed
+from consumer.core.policy import (
+    DELIVERY_LIMIT_REACHED,
+    EXPIRATION_PASSED,
+    HANDLING_FAILED,
+    History,
+    Outcome,
+    Reason,
+    halted_again,
+)
+from consumer.core.prepare import PrepareRules, Refuse, prepare, window_closed
 from consumer.core.rebuild import rebuild_memory
 from consumer.core.recaller import Recaller, RecallState, RetryRules
 from consumer.core.settle import SETTLE_ERRORS, Journal, Settled, Settler, Step, Verdict
@@ -40,6 +53,7 @@ from schemas.recall import InvalidRequest, RecallRequest, parse_request
 Clock = Callable[[], float]
 CONNECT_BACKOFF = Backoff(1.0, 30.0)  # while no node of the list answers
 CANCEL_TIMEOUT_S = 5.0
+STUCK_MARGIN_S = 120.0  # settle steps retried, a slot waited for: beyond this, not progressing
 
 
 @dataclass(frozen=True)
@@ -101,25 +115,49 @@ class Worker:
         self._busy = asyncio.Lock()
         self._journal = Journal()
         self._handling: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._connection: AbstractConnection | None = None
         self._settler: Settler | None = None
         self._queue: AbstractQueue | None = None
+        self._consumer_channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._taken_over = False  # set on the first delivery since subscribing or reconnecting
         self._fenced = False  # the broker has been silent too long: no call
         self._epoch = 0  # connections lost so far
-        self._resumed_by_probe = False  # since the last halt: a request halting twice is its own
+        # When a halt probe last passed: a request that halts after a probe passed since its own
+        # latest halt is its own fault (see halted_before_probe).
+        self._probe_passed_at: float | None = None
+        self._in_hand_since: float | None = None  # monotonic: the delivery in hand came then
+        self._last_settled: float | None = None  # monotonic: the last settle that was acked
         self._log = structlog.get_logger().bind(queue=config.topology.queue)
+        # A delivery held longer than its retry budget plus its settling is stuck.
+        self._stuck_after_s = config.retry.budget_s + STUCK_MARGIN_S
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        """Each readiness condition: connected, consumer registered, not halted."""
+        """Each readiness condition: connected, consumer registered, not halted, and the
+        delivery in hand (if any) not held longer than its retries and settling can take."""
+        in_hand = self._in_hand_s()
         return {
             "connected": self._broker_connected(),
             "consuming": self._consumer_tag is not None,
             "not_halted": not self.halted,
+            "progressing": in_hand is None or in_hand <= self._stuck_after_s,
         }
+
+    def progress(self) -> dict[str, float | None]:
+        """How long the delivery in hand has been held, and since the last settle (seconds)."""
+        in_hand = self._in_hand_s()
+        last = self._last_settled
+        return {
+            "in_hand_s": None if in_hand is None else round(in_hand, 3),
+            "since_last_settle_s": None if last is None else round(time.monotonic() - last, 3),
+        }
+
+    def _in_hand_s(self) -> float | None:
+        since = self._in_hand_since
+        return None if since is None else time.monotonic() - since
 
     def liveness(self) -> dict[str, bool]:
         """Each task the worker needs is alive: while halted, the probe that can resume it."""
@@ -179,11 +217,18 @@ class Worker:
                 on_told=self._remember,
                 on_reply=lambda result: self.metrics.replies.labels(result).inc(),
             )
-            consumer_channel = await connection.channel()
+            consumer_channel = self._consumer_channel = await connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)
             self._queue = await consumer_channel.declare_queue(
                 topology.queue, durable=True, arguments=topology.queue_arguments()
             )
+            # The broker can end our consumption while the connection lives: a channel closed
+            # (a consumer timeout, a refused publish) or a consumer cancelled (its queue
+            # deleted). Neither may leave a replica that looks ready and consumes nothing.
+            for name, channel in (("consumer", consumer_channel), ("publisher", publisher)):
+                channel.close_callbacks.add(self._on_channel_closed(name, connection))
+            raw = await consumer_channel.get_underlay_channel()
+            raw.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
             self.metrics.connected.set(1)
             self.metrics.node(node)
             self._log.info("broker_reconnected" if self._epoch else "broker_connected", node=node)
@@ -235,6 +280,52 @@ class Worker:
             return await self._connect_to(url)
         return await connect(url, client_properties={"connection_name": "tim-recall"})
 
+    def _on_channel_closed(
+        self, name: str, connection: AbstractConnection
+    ) -> Callable[[Any, BaseException | None], None]:
+        def closed(_: Any, exc: BaseException | None = None) -> None:
+            if connection.is_closed or self._stopping.is_set():
+                return  # the connection went, or we closed it: handled there
+            self._log.warning("broker_channel_closed", channel=name, error=_brief(exc))
+            # Start over on a new connection: declare, consume, rebuild the memory.
+            task = asyncio.create_task(connection.close(), name="close-after-channel-loss")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return closed
+
+    def _on_consumer_cancelled(self, frame: Any) -> None:
+        tag = getattr(frame, "consumer_tag", None)
+        if tag is None or tag != self._consumer_tag:
+            return
+        self._consumer_tag = None
+        self.metrics.active.set(0)
+        self._log.warning("consumer_cancelled_by_broker", consumer_tag=tag)
+        task = asyncio.create_task(self._resubscribe(), name="resubscribe")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _resubscribe(self) -> None:
+        """Declare the queues again (a deleted queue comes back empty) and consume again; if that
+        fails, start over on a new connection. A queue declared with other arguments stops the
+        worker with one line (TopologyError), at the reconnect."""
+        connection = self._connection
+        try:
+            assert connection is not None
+            await declare(connection, self.config.topology)
+            assert self._consumer_channel is not None
+            topology = self.config.topology
+            self._queue = await self._consumer_channel.declare_queue(
+                topology.queue, durable=True, arguments=topology.queue_arguments()
+            )
+            if not self.halted and not self._stopping.is_set():
+                await self._start_consuming()
+        except Exception as exc:
+            self._log.warning("consumer_resubscribe_failed", error=type(exc).__name__)
+            if connection is not None and not connection.is_closed:
+                with contextlib.suppress(*SETTLE_ERRORS):
+                    await connection.close()
+
     async def _start_consuming(self) -> None:
         assert self._queue is not None
         self._taken_over = False
@@ -278,52 +369,70 @@ class Worker:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         async with self._busy:
             started = time.monotonic()
-            envelope = read_envelope(message, self._clock())
-            log = self._log.bind(
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                lineage=envelope.lineage,
-            )
-            if envelope.trace_id is not None:
-                log = log.bind(trace_id=envelope.trace_id)
-            for problem in (envelope.trace_problem, envelope.reply_problem):
-                if problem is not None:  # ignored, never a reason to lose the request
-                    log.warning("request_property_ignored", problem=problem)
-            # The journal is keyed on this copy, not the lineage: a re-published copy of the
-            # same lineage is a delivery of its own and must not be taken for the one it replaced.
-            delivery = Delivery(message, envelope.generation, log, started, self._epoch)
-            attrs = {
-                "messaging.destination.name": self.config.topology.queue,
-                "messaging.message.id": message.message_id,
-                "messaging.message.conversation_id": message.correlation_id,
-            }
+            self._in_hand_since = started
+            log, envelope, delivery = self._log, None, None
             try:
+                # Everything a delivery can raise is inside this `try`: whatever its headers or
+                # properties hold, it is settled (released once, then dead-lettered).
+                envelope = read_envelope(message, self._clock())
+                log = self._log.bind(
+                    message_id=envelope.message_id,
+                    correlation_id=envelope.correlation_id,
+                )
+                if envelope.trace_id is not None:
+                    log = log.bind(trace_id=envelope.trace_id)
+                for problem in (envelope.trace_problem, envelope.reply_problem):
+                    if problem is not None:  # ignored, never a reason to lose the request
+                        log.warning("request_property_ignored", problem=problem)
+                # The journal is keyed on this copy (its generation), not the lineage: a copy
+                # of the same chain is a delivery of its own and must not be taken for the one
+                # it replaced.
+                delivery = Delivery(message, envelope.generation, log, started, self._epoch)
+                attrs = {
+                    "messaging.destination.name": self.config.topology.queue,
+                    "messaging.message.id": envelope.message_id,
+                    "messaging.message.conversation_id": envelope.correlation_id,
+                }
                 with tracing.delivery_span(message.headers, attrs):
                     await self._handle_delivery(delivery, envelope)
             except Exception as exc:  # no delivery is ever left unsettled
                 log.exception("delivery_failed", error=type(exc).__name__)
                 self.metrics.delivery_failures.inc()
+                if envelope is None:
+                    envelope = minimal_envelope(message, self._clock())
+                if delivery is None:
+                    delivery = Delivery(message, envelope.generation, log, started, self._epoch)
                 await self._after_failure(delivery, envelope, exc)
+            finally:
+                self._in_hand_since = None
 
     async def _handle_delivery(self, delivery: Delivery, envelope: Envelope) -> None:
         if not self._taken_over:
             await self._take_over()
-        key, log = delivery.key, delivery.log
-        # Only a redelivery can be one we already worked on (a producer's identical copy is
-        # not redelivered); a fresh delivery starts a journal entry of its own.
+        key = delivery.key
+        # Only a redelivery can be one this process already worked on (a producer's identical
+        # copy is not redelivered); a fresh delivery starts a journal entry of its own.
         progress = self._journal.peek(key) if envelope.redelivered else None
         if progress is not None and progress.verdict is not None and progress.envelope:
             # Our own settlement of this copy stopped with the connection: finish it. Its ack,
             # if we sent one, never arrived (the broker redelivered it).
             progress.done.discard(Step.ACK)
-            log.info("settle_resumed", steps_done=sorted(progress.done))
+            delivery.log.info("settle_resumed", steps_done=sorted(progress.done))
             await self._settle(delivery, progress.envelope, progress.verdict)
             return
         self._journal.start(key)
-        if envelope.lineage is None:
-            stamped = replace(envelope, lineage=uuid.uuid4().hex)
-            verdict = _no_call(Outcome.STAMP, Reason.STAMP, stamped, None)
-            await self._settle(delivery, stamped, verdict)
+        now = self._clock()
+        chain = resolve_chain(
+            generation=envelope.generation,
+            carried=envelope.lineage if envelope.is_copy else None,
+            redelivered=envelope.redelivered,
+            was_told=lambda lineage: self.memory.was_told(lineage, now),
+        )
+        envelope = replace(envelope, lineage=chain.lineage)
+        delivery = replace(delivery, log=delivery.log.bind(lineage=chain.lineage))
+        if chain.told:  # settled and told before: only its ack is owed
+            verdict = _no_call(Outcome.ALREADY_SETTLED, Reason.ALREADY_SETTLED, envelope, None)
+            await self._settle(delivery, envelope, verdict)
             return
         # A redelivery we have no record of: another process (or this one before a restart)
         # had it and may have called. Our own, we know exactly.
@@ -331,16 +440,20 @@ class Worker:
         if called:
             envelope = envelope.with_call_sent()
         self._journal.open(key).called = called
+        early = self._before_call(delivery, envelope)
+        if early is not None:  # refused before any call: the body, or the broker's limit
+            await self._settle(delivery, envelope, early)
+            return
         if self._stopping.is_set() or self.halted:
             reason = Reason.SHUTDOWN if self._stopping.is_set() else Reason.HALTED
             await self._release(delivery, envelope, reason)
             return
         verdict = await self._decide(delivery, envelope)
         if verdict.outcome is Outcome.HALT:
-            if not (envelope.halts and self._resumed_by_probe):
+            if not halted_again(envelope.halted_at, self._probe_passed_at):
                 await self._halt(delivery, envelope, verdict)
                 return
-            # It halted a worker before, a probe has passed since, and it halts again: its own
+            # A probe passed after this request's own latest halt, and it halts again: its own
             # answer (a gateway's 403 or 413 for one body), not our configuration. It must not
             # go round until the broker's delivery limit drops it without an event.
             verdict = replace(verdict, outcome=Outcome.DEAD_LETTER, reason=Reason.HALTED_AGAIN)
@@ -349,6 +462,25 @@ class Worker:
             return
         learned = replace(envelope, may_have_reached=verdict.may_have_reached)
         await self._settle(delivery, learned, verdict)
+
+    def _before_call(self, delivery: Delivery, envelope: Envelope) -> Verdict | None:
+        """What is decided before anything is copied or called: a body that is no request, or a
+        delivery the broker would dead-letter unseen at its next return. The request parsed
+        (and reused by the call) is kept on the delivery's journal entry."""
+        if envelope.delivery_count >= self.config.topology.delivery_limit - 1:
+            info = (
+                f"returned to the queue {envelope.delivery_count} times (delivery limit "
+                f"{self.config.topology.delivery_limit}): dead-lettered before the broker drops "
+                "it unseen; see the delivery_failed and settle_failed events"
+            )
+            refusal = Refuse(DELIVERY_LIMIT_REACHED, info, Reason.DELIVERY_LIMIT)
+            return _local(refusal, envelope, None)
+        try:
+            request = parse_request(delivery.message.body, self.config.max_body_bytes)
+        except InvalidRequest as exc:
+            return _local(Refuse(ErrorCode.INVALID_JSON, exc.info, Reason.INVALID), envelope, None)
+        self._journal.open(delivery.key).request = request
+        return None
 
     async def _settle(self, delivery: Delivery, envelope: Envelope, verdict: Verdict) -> Settled:
         """Settle through the journal; when stopping, hand the queue over before the ack."""
@@ -366,7 +498,12 @@ class Worker:
             gone = self._stopping.is_set() and not self._broker_connected()
             return self._epoch != epoch or gone
 
-        settled = await self._settler.settle(message, envelope, verdict, log, progress, void=void)
+        last_chance = envelope.delivery_count >= self.config.topology.delivery_limit - 1
+        settled = await self._settler.settle(
+            message, envelope, verdict, log, progress, void=void, last_chance=last_chance
+        )
+        if settled.done:
+            self._last_settled = time.monotonic()
         if settled.done and not progress.told:
             progress.told = True
             duration = time.monotonic() - delivery.started
@@ -396,25 +533,20 @@ class Worker:
         self.memory.remember_event(event, self._clock())
 
     async def _decide(self, delivery: Delivery, envelope: Envelope) -> Verdict:
-        try:
-            request = parse_request(delivery.message.body, self.config.max_body_bytes)
-        except InvalidRequest as exc:
-            return _local(Refuse(ErrorCode.INVALID_JSON, exc.info, Reason.INVALID), envelope, None)
+        progress = self._journal.open(delivery.key)
+        request = progress.request
+        assert request is not None  # parsed by _before_call
         prepared = prepare(
             request,
             envelope.first_seen,
             self.memory,
             self.config.prepare,
             self._clock(),
-            lineage=envelope.lineage,
             published_at=envelope.published_at,
         )
         if isinstance(prepared, Refuse):
             return _local(prepared, envelope, request)
-        if isinstance(prepared, AlreadySettled):
-            return _no_call(Outcome.ALREADY_SETTLED, Reason.ALREADY_SETTLED, envelope, request)
         log = delivery.log.bind(task_id=request.task_id)
-        progress = self._journal.open(delivery.key)
 
         def sent() -> None:
             progress.called = True
@@ -467,21 +599,35 @@ class Worker:
         halts: int = 0,
         failures: int = 0,
     ) -> None:
-        """Hand the request back to the queue's tail, unsettled, saying what we know of it."""
+        """Hand the request back to the queue's tail, unsettled, saying what we know of it; or,
+        when the producer's `expiration` ran out meanwhile, tell it expired instead."""
+        now = self._clock()
         released = replace(
             envelope,
             releases=envelope.releases + 1,
             halts=envelope.halts + halts,
+            halted_at=now if halts else envelope.halted_at,
             failures=envelope.failures + failures,
         )
+        left = remaining_s(envelope, now)
+        if left is not None and left <= 0:
+            info = "the producer's expiration ran out before the request could be recalled"
+            refusal = Refuse(EXPIRATION_PASSED, info, Reason.EXPIRATION_PASSED)
+            await self._settle(delivery, released, _local(refusal, released, None))
+            return
         verdict = _no_call(Outcome.RELEASED, reason, released, None)
         self.metrics.releases.labels(reason).inc()
         await self._settle(delivery, released, verdict)
 
     async def _after_failure(self, delivery: Delivery, envelope: Envelope, exc: Exception) -> None:
         """Release once; if handling raised before too, dead-letter it (local 99999)."""
-        self._journal.close(delivery.key)  # whatever this copy's handling got to, it starts over
-        envelope = replace(envelope, lineage=envelope.lineage or uuid.uuid4().hex)
+        # Whatever this copy's handling got to, it starts over; what it knew of a call stays.
+        progress = self._journal.peek(delivery.key)
+        if (progress is not None and progress.called) or envelope.redelivered:
+            envelope = envelope.with_call_sent()
+        self._journal.close(delivery.key)
+        if envelope.lineage is None:  # the copy must continue this chain, whatever raised
+            envelope = replace(envelope, lineage=lineage_of(envelope.generation, 0))
         try:
             if envelope.failures >= 1:
                 refusal = Refuse(
@@ -494,15 +640,14 @@ class Worker:
                 await self._release(delivery, envelope, Reason.ERROR, failures=1)
         except Exception:  # the last resort must not raise either
             delivery.log.exception("delivery_failure_unsettled")
-            assert self._settler is not None
-            await self._settler.give_back(delivery.message, delivery.log)
+            if self._settler is not None:
+                await self._settler.give_back(delivery.message, delivery.log)
 
     # ---- halting ---------------------------------------------------------------------------
 
     async def _halt(self, delivery: Delivery, envelope: Envelope, verdict: Verdict) -> None:
         """Our own configuration is wrong: stop consuming, hand the message back, probe."""
         self.halted = True
-        self._resumed_by_probe = False
         self.metrics.halted.set(1)
         await self._stop_consuming()  # first, so the message does not come straight back
         delivery.log.error(
@@ -523,7 +668,7 @@ class Worker:
             self._pacer.hold()
             await self._start_consuming()  # raises if the broker is gone: the probe goes on
         self.halted = False
-        self._resumed_by_probe = True
+        self._probe_passed_at = self._clock()
         self.metrics.halted.set(0)
         self._log.info("worker_resumed")
 
@@ -545,9 +690,6 @@ class Worker:
             "reason": verdict.reason,
             "duration_s": round(duration_s, 4),
         }
-        if verdict.outcome is Outcome.STAMP:
-            log.debug("request_stamped", **fields)
-            return
         if verdict.outcome is Outcome.RELEASED:
             log.info("request_released", **fields)
             return
@@ -601,6 +743,13 @@ def _no_call(
         task_id=request.task_id if request else None,
         has_offline_push_info=bool(request and request.offline_push_info is not None),
     )
+
+
+def _brief(exc: BaseException | None) -> str | None:
+    """An exception as one short line (the broker's reply text), for a log field."""
+    if exc is None:
+        return None
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

@@ -12,7 +12,7 @@ import structlog
 
 from consumer.core import tracing
 from consumer.core.client import RevokeClient, make_http_client
-from consumer.core.fence import fence_after_s, heartbeat_of, with_heartbeat
+from consumer.core.fence import UnworkableHeartbeat, fence_after_s, heartbeat_of, with_heartbeat
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
 from consumer.core.nodes import split_urls
@@ -20,7 +20,7 @@ from consumer.core.pacing import Pacer
 from consumer.core.prepare import PrepareRules
 from consumer.core.recaller import RetryRules
 from consumer.core.serving import serve_app
-from consumer.core.settings import Settings
+from consumer.core.settings import Settings, SettingsError
 from consumer.core.topology import Topology
 from consumer.core.usersig import UserSigCache
 from consumer.core.worker import Worker, WorkerConfig
@@ -28,15 +28,28 @@ from consumer.ops.health import health_app
 from schemas.events import ResultEvent
 
 
+def fence_s(settings: Settings, urls: list[str]) -> float:
+    """The fence for the shortest heartbeat of RECALL_AMQP_URL's list; SettingsError naming the
+    setting when a heartbeat cannot work (0, or too short for TIM_CONNECT_TIMEOUT_S)."""
+    fences = []
+    for url in urls:
+        named = heartbeat_of(url, -1.0) != -1.0
+        heartbeat = heartbeat_of(with_heartbeat(url, settings.heartbeat_s))
+        try:
+            fences.append(fence_after_s(heartbeat, settings.connect_timeout_s))
+        except UnworkableHeartbeat as exc:
+            where = "RECALL_AMQP_URL (its heartbeat=)" if named else "RECALL_HEARTBEAT_S"
+            raise SettingsError(f"{where}: {exc}") from None
+    return min(fences, default=fence_after_s(60.0))
+
+
 def worker_config(settings: Settings) -> WorkerConfig:
     """The worker's part of the settings."""
-    urls = [
-        with_heartbeat(url, settings.heartbeat_s)
-        for url in split_urls(settings.amqp_url.get_secret_value())
-    ]
+    given = split_urls(settings.amqp_url.get_secret_value())
+    urls = [with_heartbeat(url, settings.heartbeat_s) for url in given]
     return WorkerConfig(
         amqp_url=",".join(urls),
-        fence_s=min(fence_after_s(heartbeat_of(url)) for url in urls),
+        fence_s=fence_s(settings, given),
         topology=Topology.from_settings(settings),
         retry=RetryRules(
             budget_s=settings.retry_budget_s,
@@ -100,7 +113,7 @@ async def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, _stopper(worker, sig))
         async with contextlib.AsyncExitStack() as stack:
             if settings.http_port:
-                app = health_app(worker.metrics, worker.readiness, worker.liveness)
+                app = health_app(worker.metrics, worker.readiness, worker.liveness, worker.progress)
                 url = await stack.enter_async_context(
                     serve_app(app, settings.http_host, settings.http_port)
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -17,8 +18,10 @@ def health_app(
     metrics: Metrics,
     ready: Callable[[], dict[str, bool]],
     live: Callable[[], dict[str, bool]] = dict,
+    details: Callable[[], dict[str, Any]] = dict,
 ) -> Starlette:
-    """The operator endpoints; `ready` and `live` report each condition by name."""
+    """The operator endpoints; `ready` and `live` report each condition by name, `details`
+    what /readyz shows beside them (the age of the delivery in hand and of the last settle)."""
 
     async def healthz(_: Request) -> Response:
         # Liveness: the event loop answers and every task the worker needs is alive (a halted
@@ -32,7 +35,8 @@ def health_app(
     async def readyz(_: Request) -> Response:
         checks = ready()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        body = {"ready": ok, **checks, **details()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics_endpoint(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

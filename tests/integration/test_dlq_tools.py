@@ -32,6 +32,7 @@ from schemas.events import (
     H_FIRST_SEEN,
     H_LINEAGE,
     H_RELEASES,
+    H_REPLAY,
 )
 from tests.support.broker import OVERWRITE, Broker, Names, wait_until
 from tests.support.workers import WorkerFactory
@@ -267,7 +268,9 @@ async def test_replay_moves_the_matching_ones_in_order_as_new_requests(
     replayed = await broker.take(names.queue)
     assert [m.message_id for m in replayed] == original[::3]
     for message in replayed:
-        assert message.headers == {H_ATTEMPTS: 1, H_FIRST_SEEN: NOW - 60, "x-custom": "kept"}
+        headers = dict(message.headers or {})
+        assert len(headers.pop(H_REPLAY)) == 32  # a replay id of its own: unique bytes
+        assert headers == {H_ATTEMPTS: 1, H_FIRST_SEEN: NOW - 60, "x-custom": "kept"}
 
 
 async def test_a_limit_keeps_the_rest_in_order(amqp_url: str, broker: Broker, names: Names) -> None:

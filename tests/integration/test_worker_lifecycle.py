@@ -138,7 +138,15 @@ async def test_health_endpoints_of_a_running_worker(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}") as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = (await http.get("/readyz")).json()
-        assert ready == {"ready": True, "connected": True, "consuming": True, "not_halted": True}
+        assert ready == {
+            "ready": True,
+            "connected": True,
+            "consuming": True,
+            "not_halted": True,
+            "progressing": True,
+            "in_hand_s": None,  # no delivery in hand
+            "since_last_settle_s": None,  # none settled yet
+        }
         metrics = (await http.get("/metrics")).text
     assert "tim_recall_requests_settled_total" in metrics
     worker.process.send_signal(signal.SIGTERM)

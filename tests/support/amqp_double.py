@@ -21,6 +21,10 @@ Not a broker: only what `Settler`, `Worker`, `topology.declare`, `stream.write_m
   (`get_underlay_channel().basic_consume`) from an `x-stream-offset` timestamp, as the memory
   rebuild reads the results stream.
 
+The broker's own hand: `delete_queue` cancels the queue's consumers (basic.cancel, told to the
+channel's `on_consumer_cancel_callbacks`); `close_channel_of` closes a consumer's channel as a
+consumer timeout does (its `close_callbacks` are told), the connection left open.
+
 Not modelled: exchanges other than the default one, round-robin among consumers, the delivery
 limit and the broker's own dead-lettering, TTLs, `basic.get`, `nack` of a delivery (the code
 under test never nacks one), heartbeats (`fence.silent_for` reads 0 here) and credit flow on
@@ -203,10 +207,19 @@ class AmqpDouble:
         return [(e.op, e.queue) for e in self.history if not queues or e.queue in queues]
 
     def delete_queue(self, name: str) -> None:
-        """Delete a queue (as an operator might, under a running worker)."""
+        """Delete a queue (as an operator might, under a running worker): its consumers are
+        cancelled by the broker (basic.cancel, which aiormq hands to the channel's
+        `on_consumer_cancel_callbacks`), their channels stay open."""
         queue = self._queues.pop(name)
         for consumer in list(queue.consumers):
             consumer.channel.consumers.pop(consumer.tag, None)
+            consumer.channel.broker_cancelled(consumer.tag)
+
+    def close_channel_of(self, queue: str, reply: str = "PRECONDITION_FAILED") -> None:
+        """Close the channel of `queue`'s consumer from the broker's side while its connection
+        lives (a consumer timeout): what it held goes back to the queue, redelivered."""
+        (consumer,) = self._queues[queue].consumers
+        self._close_channel(consumer.channel, ChannelPreconditionFailed(reply))
 
     def fail_next(
         self,
@@ -361,6 +374,7 @@ class AmqpDouble:
             if not queue.stream:
                 self.history.append(Event("return", queue.name, held.message_id))
         channel.abort(error)
+        channel.close_callbacks(error)
         for queue in touched.values():
             if queue.name in self._queues:
                 self._dispatch(queue)
@@ -429,6 +443,8 @@ class DoubleChannel:
         self._publish_tag = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiting: set[asyncio.Future[None]] = set()
+        self.close_callbacks: CallbackCollection[Any, Any] = CallbackCollection(self)
+        self.on_consumer_cancel_callbacks: set[Callable[[Any], Any]] = set()
 
     # ---- aio-pika's channel --------------------------------------------------------------------
 
@@ -534,6 +550,11 @@ class DoubleChannel:
             await waiting
         finally:
             self._waiting.discard(waiting)
+
+    def broker_cancelled(self, tag: str) -> None:
+        """Tell the channel's consumer-cancel callbacks, as aiormq does on basic.cancel."""
+        for callback in list(self.on_consumer_cancel_callbacks):
+            callback(spec.Basic.Cancel(consumer_tag=tag))
 
     def abort(self, error: BaseException) -> None:
         """The channel is closed: fail what waits for a confirm, cancel consumer callbacks."""

@@ -109,7 +109,6 @@ def test_outcome_table(
         (Outcome.RETRY, Action.REPUBLISH),
         (Outcome.HALT, Action.RELEASE),
         (Outcome.RELEASED, Action.RELEASE),
-        (Outcome.STAMP, Action.REPUBLISH),
         (Outcome.ALREADY_SETTLED, Action.ACK_ONLY),
     ],
 )

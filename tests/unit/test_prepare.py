@@ -9,7 +9,6 @@ import pytest
 
 from consumer.core.memory import RecallMemory
 from consumer.core.prepare import (
-    AlreadySettled,
     PrepareRules,
     Proceed,
     Refuse,
@@ -65,42 +64,6 @@ def test_recalled_in_memory_is_refused_as_90050_naming_the_time() -> None:
     assert result.code == 90050
     assert iso(START + 60) in result.info
     assert isinstance(prepare(request("other_task"), now, memory, PrepareRules(), now), Proceed)
-
-
-@pytest.mark.parametrize(
-    ("lineage", "told", "expected"),
-    [
-        ("L-1", "L-1", AlreadySettled),  # this chain was told before its ack was lost
-        ("L-2", "L-1", Refuse),  # a replay or a producer's re-publish: a new chain, a duplicate
-        (None, "L-1", Refuse),
-        ("L-1", None, Refuse),  # the task is recalled by another chain
-    ],
-)
-def test_only_the_told_chain_is_already_settled(
-    lineage: str | None, told: str | None, expected: type
-) -> None:
-    memory = RecallMemory()
-    now = START + 3600
-    memory.remember(TASK_ID, START + 60, now)
-    if told:
-        memory.remember_told(told, START + 60, now)
-    result = prepare(request(), now - 10, memory, PrepareRules(), now, lineage=lineage)
-    assert type(result) is expected
-    if isinstance(result, Refuse):
-        assert result.code == 90050
-
-
-def test_a_told_dead_letter_chain_is_settled_but_a_replay_of_it_is_called() -> None:
-    # The replay after a 90053 (default overwrite now set) must not be taken for "told".
-    memory = RecallMemory()
-    now = START + 3600
-    memory.remember_told("L-dead", START + 60, now)
-    rules = PrepareRules(default_offline_push_info=OfflinePushInfo(Title="t", Desc="d"))
-    told = prepare(request(), now - 10, memory, rules, now, lineage="L-dead")
-    replay = prepare(request(), now - 10, memory, rules, now, lineage="L-replay")
-    assert isinstance(told, AlreadySettled)
-    assert isinstance(replay, Proceed)
-    assert replay.request.sent_offline_push_info is not None
 
 
 def test_a_task_answered_90052_is_refused_locally_within_the_window() -> None:

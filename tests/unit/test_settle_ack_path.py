@@ -197,11 +197,10 @@ async def test_dead_letter_is_confirmed_before_the_event_and_the_ack() -> None:
 @pytest.mark.parametrize(
     ("outcome", "changes"),
     [
-        (Outcome.STAMP, {"lineage": "chain-new"}),  # first sight: stamped with its lineage
         (Outcome.RELEASED, {"releases": 1}),  # handed back with no call (shutdown, halt)
         (Outcome.RETRY, {}),  # the retry budget spent: to the tail with its attempts
     ],
-    ids=["stamp", "release", "republish"],
+    ids=["release", "republish"],
 )
 async def test_a_copy_goes_to_the_tail_before_the_ack(
     outcome: Outcome, changes: dict[str, Any]
@@ -211,7 +210,7 @@ async def test_a_copy_goes_to_the_tail_before_the_ack(
     # test_spent_budget_republishes_and_never_dead_letters (the attempts travel with the copy)
     broker = AmqpDouble()
     setup = await settler_on(broker)
-    request(broker, lineage=None if outcome is Outcome.STAMP else "chain-1")
+    request(broker, lineage="chain-1")
     first = await take(setup.connection)
     await setup.connection.close()  # handed back once: the broker now counts its deliveries
     setup = await settler_on(broker)

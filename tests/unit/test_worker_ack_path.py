@@ -10,14 +10,22 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import consumer.core.settle as settle_module
 from consumer.core.client import RevokeClient
+from consumer.core.envelope import message_generation, read_envelope, republish_message
+from consumer.core.identity import lineage_of
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
 from consumer.core.pacing import Pacer
@@ -33,6 +41,8 @@ from schemas.events import (
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
+    H_HALTED_AT,
+    H_HALTS,
     H_LINEAGE,
     ResultEvent,
 )
@@ -156,8 +166,8 @@ def trail(broker: AmqpDouble, message_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def stamped(held: Held) -> bool:
-    return H_LINEAGE in held.headers
+def anything(held: Held) -> bool:
+    return True
 
 
 def republished(held: Held) -> bool:
@@ -175,7 +185,7 @@ def drained(broker: AmqpDouble) -> bool:
 # ---- the paths (tests/integration/test_worker_paths.py) ------------------------------------------
 
 
-async def test_recall_is_stamped_then_told_then_acked_with_one_call(
+async def test_recall_is_told_then_acked_in_one_trip_with_one_call(
     broker: AmqpDouble, sandbox: Sandbox
 ) -> None:
     # test_recall_is_acked_told_and_sent_once
@@ -186,11 +196,9 @@ async def test_recall_is_stamped_then_told_then_acked_with_one_call(
         await until(lambda: drained(broker), "the queue to drain")
     assert [(c.task_id, c.code) for c in sandbox.revoke_calls()] == [(task_id, 0)]
     assert trail(broker, message_id) == [
-        ("publish", Q),  # the request
-        ("publish", Q),  # its stamped copy at the tail ...
-        ("ack", Q),  # ... confirmed before the original is acked
+        ("publish", Q),  # the request: delivered once, no copy of it published
         ("publish", RESULTS),  # the event confirmed ...
-        ("ack", Q),  # ... before the copy is acked
+        ("ack", Q),  # ... before the request is acked
     ]
     (event,) = events(broker)
     assert (event.message_id, event.outcome, event.attempts, event.correlation_id) == (
@@ -232,8 +240,6 @@ async def test_dead_letter_is_confirmed_before_the_event_and_the_ack(
     assert len(sandbox.revoke_calls()) == calls
     assert trail(broker, message_id) == [
         ("publish", Q),
-        ("publish", Q),
-        ("ack", Q),
         ("publish", DLQ),
         ("publish", RESULTS),
         ("ack", Q),
@@ -263,7 +269,7 @@ async def test_a_nacked_dead_letter_is_retried_and_nothing_is_acked_before_it_co
         await run.wait_settled(1)
         await until(lambda: drained(broker), "the queue to drain")
     assert [c.code for c in sandbox.revoke_calls()] == [90049]
-    assert trail(broker, message_id)[3:] == [("publish", DLQ), ("publish", RESULTS), ("ack", Q)]
+    assert trail(broker, message_id)[1:] == [("publish", DLQ), ("publish", RESULTS), ("ack", Q)]
     assert len(broker.held(DLQ)) == 1
 
 
@@ -273,12 +279,12 @@ async def test_a_nacked_dead_letter_is_retried_and_nothing_is_acked_before_it_co
 @pytest.mark.parametrize(
     ("fault", "op", "queue", "where"),
     [
-        (Fault.CUT_AFTER, "publish", Q, stamped),
+        (Fault.CUT_BEFORE, "publish", RESULTS, is_event),  # the event never confirmed
         (Fault.CUT_AFTER, "publish", RESULTS, is_event),
-        (Fault.CUT_BEFORE, "ack", Q, stamped),  # the ack never arrived: redelivered
-        (Fault.CUT_AFTER, "ack", Q, stamped),  # the ack arrived, then the link died
+        (Fault.CUT_BEFORE, "ack", Q, anything),  # the ack never arrived: redelivered
+        (Fault.CUT_AFTER, "ack", Q, anything),  # the ack arrived, then the link died
     ],
-    ids=["stamp-copy-confirmed", "result-event-confirmed", "ack-lost", "ack-arrived"],
+    ids=["result-event-unconfirmed", "result-event-confirmed", "ack-lost", "ack-arrived"],
 )
 async def test_cut_while_recalling(
     broker: AmqpDouble,
@@ -298,13 +304,13 @@ async def test_cut_while_recalling(
     assert len(broker.connections) == 2  # the cut happened, and the worker came back
     assert [c.code for c in sandbox.revoke_calls()] == [0]
     assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
-    assert broker.ops(Q).count(("publish", Q)) == 2  # the request and one stamped copy
+    assert broker.ops(Q).count(("publish", Q)) == 1  # the request: no copy of it
     assert broker.held(DLQ) == []
     assert run.settled[0] == events(broker)[0]  # told with the event the stream holds
 
 
 async def test_a_lost_ack_is_told_once(broker: AmqpDouble, sandbox: Sandbox) -> None:
-    broker.fail_next("ack", Q, Fault.CUT_BEFORE, where=stamped)
+    broker.fail_next("ack", Q, Fault.CUT_BEFORE)
     broker.put(Q, body(sandbox.create_task()))
     async with running(broker, sandbox) as run:
         await run.wait_settled(1)
@@ -437,11 +443,9 @@ async def test_raising_once_is_released_then_recalled(
     assert raised == [1]
     assert [c.code for c in sandbox.revoke_calls()] == [0]
     assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
-    # The request, its stamped copy, the released copy: each acked once its successor was held.
+    # The request and the released copy: each acked once its successor was held.
     assert trail(broker, message_id) == [
         ("publish", Q),
-        ("publish", Q),
-        ("ack", Q),
         ("publish", Q),
         ("ack", Q),
         ("publish", RESULTS),
@@ -466,3 +470,373 @@ async def test_raising_again_on_redelivery_is_dead_lettered_locally(
     assert (headers[H_ERROR_CODE], headers[H_ERROR_SOURCE]) == (99999, "local")
     assert "RuntimeError" in headers[H_ERROR_INFO]
     assert [e.error_code for e in run.settled] == [99999]
+
+
+# ---- one trip, and every replay a new try (issue 19) -------------------------------------------
+
+
+async def hand_back(broker: AmqpDouble) -> AbstractIncomingMessage:
+    """A worker that took the head of the queue and died holding it: the broker redelivers it.
+    Returns the delivery that worker got."""
+    crashed = await broker.connect()
+    channel = await crashed.channel()
+    await channel.set_qos(prefetch_count=1)
+    queue = await channel.declare_queue(Q, durable=True, arguments=TOPOLOGY.queue_arguments())
+    got: list[AbstractIncomingMessage] = []
+
+    async def take(message: AbstractIncomingMessage) -> None:
+        got.append(message)
+
+    await queue.consume(take)
+    await until(lambda: bool(got), "the crashed worker's delivery")
+    broker.cut(crashed)  # type: ignore[arg-type]
+    assert broker.held(Q)[0].redelivered
+    return got[0]
+
+
+def as_message(held: Held) -> aio_pika.Message:
+    """What a tool that re-publishes a message verbatim publishes: body, properties, headers."""
+    p = held.properties
+    return aio_pika.Message(
+        held.body,
+        headers=held.headers,
+        content_type=p.content_type,
+        correlation_id=p.correlation_id,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        delivery_mode=p.delivery_mode,
+        app_id=p.app_id,
+    )
+
+
+async def test_a_told_request_redelivered_to_another_replica_is_only_acked(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    # No header of ours on it: the redelivery is recognised by its bytes and the told chain.
+    task_id = sandbox.create_task()
+    sandbox.mark_recalled(task_id)  # the crashed worker's call
+    message_id = broker.put(Q, body(task_id))
+    taken = await hand_back(broker)
+    lineage = lineage_of(message_generation(taken), 0)
+    event = crashed_recall(task_id, message_id, lineage)
+    broker.put(RESULTS, result_message(event))  # ... told just before it died
+    before = len(broker.history)
+    async with running(broker, sandbox) as run:
+        await until(lambda: drained(broker), "the redelivery to be acked")
+    assert sandbox.revoke_calls() == []
+    assert [(e.op, e.queue) for e in broker.history[before:] if e.queue != RESULTS] == [("ack", Q)]
+    assert events(broker) == [event]
+    assert run.settled == []
+
+
+async def test_a_redelivery_whose_outcome_was_not_told_is_called_as_maybe_called(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.mark_recalled(task_id)  # the crashed worker's call reached the server
+    message_id = broker.put(Q, body(task_id))
+    await hand_back(broker)
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+    assert [c.code for c in sandbox.revoke_calls()] == [90050]
+    # Its own earlier call may have done it: recalled, not a dead letter.
+    assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
+    assert broker.held(DLQ) == []
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["moved", "moved-then-cut"])
+async def test_a_dead_letter_moved_back_verbatim_is_a_new_try(
+    broker: AmqpDouble, sandbox: Sandbox, interrupted: bool
+) -> None:
+    # The management UI's "Move messages", a shovel, or a script re-publishing what it reads
+    # with every header: not `dlq replay`, so nothing of ours is removed.
+    unknown = "660cc447_0badf00d_200000cd7ee17f5_84035729_bc614e"
+    message_id = broker.put(Q, body(unknown), headers={"upstream": "cms"})
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the dead letter")
+    (letter,) = broker.held(DLQ)
+    broker.put(Q, as_message(letter))  # moved back, every header kept
+    if interrupted:
+        await hand_back(broker)  # its first delivery cut before anything was told
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [90049, 90049]  # called again
+    first, second = events(broker)
+    assert (first.message_id, second.message_id) == (message_id, message_id)
+    assert first.lineage != second.lineage  # a chain of its own
+    assert len(broker.held(DLQ)) == 2
+
+
+async def test_a_producers_verbatim_second_publish_is_a_request_of_its_own(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    task_id = sandbox.create_task()
+    raw = body(task_id)
+    broker.put(Q, raw, message_id="same")
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        broker.put(Q, raw, message_id="same")  # byte for byte again
+        await run.wait_settled(2)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+    outcomes = [(e.outcome, e.error_code, e.source) for e in events(broker)]
+    assert outcomes == [("recalled", 0, "api"), ("dead_lettered", 90050, "local")]
+    assert len({e.lineage for e in events(broker)}) == 2
+
+
+async def test_a_release_copy_behind_its_redelivered_original_is_only_acked(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    # A replica released the request (its copy confirmed at the tail), then died before its ack
+    # arrived: the original comes back first, the copy after it. One chain, one call, one event.
+    task_id = sandbox.create_task()
+    broker.put(Q, body(task_id))
+    taken = await hand_back(broker)
+    lineage = lineage_of(message_generation(taken), 0)
+    copy = republish_message(
+        taken,
+        replace(read_envelope(taken, time.time()), lineage=lineage, releases=1),
+        attempts=0,
+        now=time.time(),
+    )
+    broker.put(Q, copy)
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+    assert [(e.outcome, e.lineage) for e in events(broker)] == [("recalled", lineage)]
+    assert broker.held(DLQ) == []
+    assert run.settled == events(broker)
+
+
+async def test_a_delivery_about_to_reach_the_delivery_limit_is_dead_lettered_and_told(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    # The broker would dead-letter it at its next return without a results event: a poison
+    # message that kills the worker every time ends in our dead-letter queue, told.
+    task_id = sandbox.create_task()
+    limit = TOPOLOGY.delivery_limit
+    message_id = broker.put(Q, body(task_id), headers={"x-delivery-count": limit - 1})
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert sandbox.revoke_calls() == []
+    (letter,) = broker.held(DLQ)
+    assert (letter.headers[H_ERROR_CODE], letter.headers[H_ERROR_SOURCE]) == (99997, "local")
+    assert [(e.message_id, e.error_code) for e in events(broker)] == [(message_id, 99997)]
+
+
+async def test_a_release_after_the_producers_expiration_is_told_as_expired(
+    broker: AmqpDouble, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = sandbox.create_task()
+    raising_for(monkeypatch, task_id, times=1)  # released once: by then its TTL ran out
+    sent = datetime.fromtimestamp(time.time() - 120, UTC)
+    message_id = broker.put(Q, body(task_id), timestamp=sent, expiration=60)
+    async with running(broker, sandbox) as run:
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert sandbox.revoke_calls() == []
+    assert broker.ops(Q).count(("publish", Q)) == 1  # no copy that would expire unseen
+    assert [(e.message_id, e.error_code) for e in events(broker)] == [(message_id, 99998)]
+    assert len(broker.held(DLQ)) == 1
+
+
+@pytest.mark.parametrize(
+    ("halted_s_ago", "probe_passed_s_ago", "dead_lettered"),
+    [
+        # Released by another replica's halt after this one's last probe passed (an earlier
+        # key rotation): this replica halts on it too, it is not dead-lettered.
+        (5, 60, False),
+        (None, 60, False),  # never halted before
+        # It halted, a probe passed since, and it halts again: its own fault.
+        (60, 5, True),
+    ],
+    ids=["halted-after-our-probe", "first-halt", "halted-before-our-probe"],
+)
+async def test_halted_again_is_judged_on_the_request(
+    broker: AmqpDouble,
+    sandbox: Sandbox,
+    halted_s_ago: float | None,
+    probe_passed_s_ago: float,
+    dead_lettered: bool,
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.fail_next(1, task_id=task_id, code=70003)  # the key is wrong here too
+    now = time.time()
+    headers: dict[str, Any] = {H_LINEAGE: "chain#0", H_HALTS: 0 if halted_s_ago is None else 1}
+    if halted_s_ago is not None:
+        headers[H_HALTED_AT] = round((now - halted_s_ago) * 1000)
+    broker.put(Q, body(task_id), headers=headers)
+    async with running(broker, sandbox, halt_probe_initial_s=30) as run:
+        run.worker._probe_passed_at = now - probe_passed_s_ago  # an earlier resume of ours
+        if dead_lettered:
+            await run.wait_settled(1)
+        else:
+            await until(lambda: run.worker.halted and bool(broker.held(Q)), "the halt")
+    assert [c.code for c in sandbox.revoke_calls()] == [70003]
+    if dead_lettered:
+        assert [e.error_code for e in events(broker)] == [70003]
+        assert len(broker.held(DLQ)) == 1
+    else:
+        assert events(broker) == []
+        (released,) = broker.held(Q)
+        assert released.headers[H_HALTS] == (1 if halted_s_ago is None else 2)
+        assert released.headers[H_HALTED_AT] >= now * 1000
+
+
+# ---- consumption is watched, not assumed ---------------------------------------------------------
+
+
+async def test_a_consumer_the_broker_cancels_is_noticed_and_subscribed_again(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    async with running(broker, sandbox) as run:
+        with capture_logs() as logs:
+            broker.delete_queue(Q)  # an operator deletes the queue under the worker
+            await until(
+                lambda: Q in broker._queues and bool(broker._queues[Q].consumers), "a new consumer"
+            )
+        events_seen = [entry["event"] for entry in logs]
+        assert "consumer_cancelled_by_broker" in events_seen
+        assert run.worker.readiness()["consuming"]
+        task_id = sandbox.create_task()
+        broker.put(Q, body(task_id))
+        await run.wait_settled(1)
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+
+
+async def test_a_consumer_channel_the_broker_closes_starts_the_connection_over(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.set_latency(0.3)
+    broker.put(Q, body(task_id))
+    async with running(broker, sandbox) as run:
+        await until(lambda: len(sandbox.revoke_calls()) == 1, "the call")
+        with capture_logs() as logs:
+            broker.close_channel_of(Q)  # a consumer timeout, the connection alive
+            await until(lambda: len(broker.connections) == 2, "a new connection")
+        sandbox.clear_faults()
+        await run.wait_settled(1)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [
+        entry.get("channel") for entry in logs if entry["event"] == "broker_channel_closed"
+    ] == ["consumer"]
+    # The call's answer was kept for the redelivery: one call, one event.
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+    assert [e.outcome for e in events(broker)] == ["recalled"]
+
+
+async def test_readiness_reports_a_delivery_held_too_long(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    task_id = sandbox.create_task()
+    sandbox.fail_next(1, task_id=task_id, hang=2.0)
+    broker.put(Q, body(task_id))
+    async with running(broker, sandbox, read_timeout_s=5.0) as run:
+        await until(lambda: len(sandbox.revoke_calls()) == 1, "the call")
+        assert run.worker.readiness()["progressing"]
+        assert (run.worker.progress()["in_hand_s"] or 0) > 0
+        run.worker._stuck_after_s = 0.0  # as if the delivery had been held past its budget
+        assert not run.worker.readiness()["progressing"]
+        run.worker._stuck_after_s = 600.0
+        await run.wait_settled(1)
+        assert run.worker.progress()["in_hand_s"] is None
+        assert run.worker.progress()["since_last_settle_s"] is not None
+
+
+# ---- no input stalls the queue -------------------------------------------------------------------
+
+OUR_HEADERS = (
+    H_ATTEMPTS,
+    H_LINEAGE,
+    H_HALTS,
+    H_HALTED_AT,
+    H_ERROR_CODE,
+    "x-recall-first-seen",
+    "x-recall-may-have-reached",
+    "x-recall-releases",
+    "x-recall-failures",
+    "x-recall-expires-at-ms",
+    "x-delivery-count",
+    "x-death",
+    "traceparent",
+)
+amqp_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-(2**31), 2**31)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(-1e6, 1e6)
+    | st.decimals(-(10**6), 10**6, places=3)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+    | st.datetimes(
+        min_value=datetime(1970, 1, 2),
+        max_value=datetime(2100, 1, 1),
+        timezones=st.just(UTC),
+    )
+    | st.sampled_from(["19", "-1", "1e3", "0x10", "", "chain#0", "00-" + "0" * 32]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+headers_strategy = st.dictionaries(
+    st.sampled_from(OUR_HEADERS) | st.text(min_size=1, max_size=12), amqp_value, max_size=6
+)
+properties_strategy = st.fixed_dictionaries(
+    {},
+    optional={
+        "content_type": st.sampled_from(
+            ["application/json", "text/plain; charset=utf-8", "application/octet-stream", ""]
+        ),
+        "content_encoding": st.sampled_from(["utf-8", "gzip", ""]),
+        "delivery_mode": st.sampled_from([1, 2]),
+        "priority": st.integers(0, 9),
+        "expiration": st.integers(1_000, 10**7).map(lambda ms: ms / 1000),
+        "correlation_id": st.text(max_size=20),
+        "type": st.text(max_size=20),
+        "app_id": st.text(max_size=20),
+    },
+)
+
+
+def encodable(headers: dict[str, Any], properties: dict[str, Any]) -> bool:
+    """Whether an AMQP client can send it at all (pamqp encodes what aio-pika publishes)."""
+    try:
+        aio_pika.Message(b"{}", headers=headers, **properties).properties.marshal()
+    except Exception:
+        return False
+    return True
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(headers_strategy, properties_strategy), min_size=1, max_size=5))
+async def test_no_header_or_property_stalls_the_queue(
+    drafts: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Any value of any AMQP type in any header, ours or foreign, and any property shape: each
+    request is recalled or dead-lettered with a stated reason, and the next one is served."""
+    messages = [(h, p) for h, p in drafts if encodable(h, p)]
+    assume(messages)
+    broker = AmqpDouble()
+    broker.declare(Q, TOPOLOGY.queue_arguments())
+    broker.declare(DLQ, TOPOLOGY.dead_letter_arguments())
+    broker.declare(RESULTS, TOPOLOGY.results_arguments())
+    sandbox = Sandbox(SandboxConfig(min_interval=0.01))
+    ids = []
+    for headers, properties in messages:
+        ids.append(broker.put(Q, body(sandbox.create_task()), headers=headers, **properties))
+    async with running(broker, sandbox, interval_s=0.01) as run:
+        await until(lambda: drained(broker) and len(events(broker)) >= len(ids), "every request")
+        told = events(broker)
+        assert sorted(e.message_id or "" for e in told) == sorted(ids)  # one event each
+        for event in told:
+            assert event.outcome == "recalled" or event.error_info, event
+        assert not run.worker.halted
+    assert broker.held(Q) == []

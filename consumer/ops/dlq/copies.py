@@ -5,52 +5,35 @@ Pure: both are built from the delivery alone; the pass in `walk.py` publishes th
 
 from __future__ import annotations
 
+import uuid
+
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from consumer.core.envelope import copy_message
+from consumer.core.identity import BROKER_DELIVERY_HEADERS
 from schemas.events import (
-    H_DEAD_LETTERED_AT,
-    H_ERROR_CODE,
-    H_ERROR_INFO,
-    H_ERROR_SOURCE,
-    H_FAILURES,
-    H_HALTS,
-    H_LINEAGE,
-    H_MAY_HAVE_REACHED,
-    H_RELEASES,
+    BROKER_DEATH_HEADERS,
+    CHAIN_HEADERS,
+    H_REPLAY,
+    RECALL_ERROR_HEADERS,
 )
 
 # Set by the broker on a delivery: never copied onto a message we publish (4.3 adds the second).
-DELIVERY_COUNTERS = ("x-delivery-count", "x-acquired-count")
-BROKER_HEADERS = (
-    "x-death",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-first-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-last-death-exchange",
-    *DELIVERY_COUNTERS,
-)
+DELIVERY_COUNTERS = tuple(sorted(BROKER_DELIVERY_HEADERS))
+BROKER_HEADERS = (*BROKER_DEATH_HEADERS, *DELIVERY_COUNTERS)
 # A replay is a new request: no error headers, no broker headers, and nothing of the chain that
-# died (the worker stamps a new lineage; a later 90050 counts as ours only if the new chain's own
-# call may have reached the server). Attempts and first-seen are kept.
-CHAIN_HEADERS = (H_LINEAGE, H_RELEASES, H_HALTS, H_FAILURES, H_MAY_HAVE_REACHED)
-REPLAY_DROPS = (
-    H_ERROR_CODE,
-    H_ERROR_INFO,
-    H_ERROR_SOURCE,
-    H_DEAD_LETTERED_AT,
-    *CHAIN_HEADERS,
-    *BROKER_HEADERS,
-)
+# died (a later 90050 counts as ours only if the new chain's own call may have reached the
+# server). Attempts and first-seen are kept.
+REPLAY_DROPS = (*RECALL_ERROR_HEADERS, *CHAIN_HEADERS, *BROKER_HEADERS, H_REPLAY)
 
 
 def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """The dead letter as a new request: error, broker, lineage and release headers dropped."""
+    """The dead letter as a new request: error, broker and chain headers dropped, and a replay id
+    of its own, so that no two replays are the same bytes (consumer/core/identity.py)."""
     headers = {k: v for k, v in (message.headers or {}).items() if k not in REPLAY_DROPS}
+    headers[H_REPLAY] = uuid.uuid4().hex
     return copy_message(message, headers)
 
 
