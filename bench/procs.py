@@ -26,6 +26,9 @@ from consumer.sandbox import Sandbox
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 _TICKS = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent  # children run from here: `-m bench.baseline`
+# Workers run from here: another checkout (a worktree of an older commit) measures that
+# commit's worker under the same scenario (`python -m consumer` imports from its cwd first).
+WORKER_ROOT = Path(os.environ.get("BENCH_WORKER_ROOT") or ROOT)
 
 
 def free_port() -> int:
@@ -120,14 +123,16 @@ class Child:
 
     async def settled(self) -> int:
         """Requests a worker settled, from its /metrics."""
+        return int(await self.metric("tim_recall_requests_settled_total"))
+
+    async def metric(self, name: str) -> float:
+        """The sum of a worker's series `name` (every label set), from its /metrics; 0 if none."""
         async with httpx.AsyncClient(timeout=2.0) as http:
             text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
-        return int(
-            sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("tim_recall_requests_settled_total{")
-            )
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((f"{name} ", f"{name}{{"))
         )
 
     def kill(self) -> float:
@@ -165,9 +170,10 @@ class Fleet:
         self, name: str, argv: list[str], env: dict[str, str], port: int | None
     ) -> Child:
         log_path = self.workdir / f"{self._queue}-{name}.log"
+        cwd = WORKER_ROOT if argv[:2] == ["-m", "consumer"] else ROOT
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, *argv, env=self._env(env), cwd=ROOT, stdout=log, stderr=log
+                sys.executable, *argv, env=self._env(env), cwd=cwd, stdout=log, stderr=log
             )
         child = Child(name, process, log_path, port)
         self.children.append(child)

@@ -23,7 +23,18 @@ from typing import Any, TypeVar
 
 import aio_pika
 
-from bench import cluster, link, load, memory_flood, outputs, paced, pacing_model, report, waste
+from bench import (
+    cluster,
+    e2e,
+    link,
+    load,
+    memory_flood,
+    outputs,
+    paced,
+    pacing_model,
+    report,
+    waste,
+)
 from bench.procs import AMQP_URL
 from bench.stage import BrokerInterrupted
 from bench.timeline import plot
@@ -80,8 +91,10 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     results["idle_latency_ms"] = await clock.time(
         "idle latency", lambda: load.idle_latency(workdir)
     )
-    results["overhead"], results["memory"] = await clock.time(
-        "overhead and memory", lambda: load.overhead(workdir)
+    # A producer publishing into a running worker, INFO logs: what a recall costs end to end.
+    results["overhead"] = await clock.time("overhead end to end", lambda: e2e.end_to_end(workdir))
+    results["backlog"], results["memory"] = await clock.time(
+        "a backlog, and memory", lambda: load.overhead(workdir)
     )
     results["waste"] = await clock.time("waste", lambda: waste.waste(workdir))
     results["memory_flood"] = await clock.time(

@@ -271,7 +271,55 @@ def _own_headers(message: AbstractIncomingMessage, *drop: str) -> dict[str, Any]
     headers = dict(message.headers or {})
     for name in (*RECALL_ERROR_HEADERS, *BROKER_DELIVERY_HEADERS, *drop):
         headers.pop(name, None)
-    return headers
+    return sendable_table(headers)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+INT64 = range(-(2**63), 2**63)
+MAX_DEPTH = 32
+
+
+def sendable_table(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A header table a copy can carry: what we received, in the types our client can send.
+
+    Another client may send what aio-pika's encoder cannot (a 64-bit double, an unsigned
+    64-bit integer, bytes, a decimal of any scale) and RabbitMQ 3.10 refuses NaN and infinite
+    doubles by closing the connection. Such a value is carried as its text, so that a dead
+    letter or a release copy can always be published and no header ever stalls a request.
+    """
+    return {str(key): _sendable(value, 0) for key, value in table.items()}
+
+
+def _sendable(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool | str | datetime | bytearray):
+        return value
+    if depth >= MAX_DEPTH:
+        return repr(value)[:MAX_INFO_CHARS]
+    if isinstance(value, bytes | memoryview):
+        return bytearray(value)
+    if isinstance(value, int):
+        return value if value in INT64 else str(value)
+    if isinstance(value, float):
+        # aio-pika sends a float as a 32-bit float: beyond its range, or not finite, as text.
+        return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else repr(value)
+    if isinstance(value, Decimal):
+        return value if _decimal_fits(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _sendable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sendable(v, depth + 1) for v in value]
+    return repr(value)[:MAX_INFO_CHARS]
+
+
+def _decimal_fits(value: Decimal) -> bool:
+    """AMQP's decimal: a scale of 0 to 255 and a signed 32-bit value."""
+    if not value.is_finite():
+        return False
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int) or not 0 <= -exponent <= 255:
+        return False
+    unscaled = int("".join(map(str, digits)) or "0")
+    return unscaled < 2**31
 
 
 def dead_letter_message(

@@ -81,6 +81,12 @@ class Metrics:
             "subscribing), 0 while it is a standby.",
             registry=r,
         )
+        self.copies = Counter(
+            "tim_recall_copies_published",
+            "Copies of a request published to the recall queue (a release or a re-publish "
+            "after the retry budget); 0 on the normal path, where a request travels once.",
+            registry=r,
+        )
         self.releases = Counter(
             "tim_recall_requests_released",
             "Requests handed back to the queue's tail with no call of that delivery, by reason.",

@@ -175,6 +175,7 @@ class Settler:
         *,
         on_told: Callable[[ResultEvent], None] = lambda _: None,
         on_reply: Callable[[ReplyResult], None] = lambda _: None,
+        on_copied: Callable[[], None] = lambda: None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
@@ -184,6 +185,7 @@ class Settler:
         self._clock = clock
         self._on_told = on_told
         self._on_reply = on_reply
+        self._on_copied = on_copied
 
     async def settle(
         self,
@@ -244,6 +246,8 @@ class Settler:
             if not await self._step(name, step, message, log, void, last_chance=last_chance):
                 return Settled(done=False, event=_told(progress))
             progress.done.add(name)
+            if name is Step.COPY:
+                self._on_copied()
             if name is Step.RESULT_EVENT and progress.event is not None:
                 self._on_told(progress.event)  # at once: a lost ack must not hide it
         return Settled(done=True, event=_told(progress))

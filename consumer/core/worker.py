@@ -216,6 +216,7 @@ class Worker:
                 self._clock,
                 on_told=self._remember,
                 on_reply=lambda result: self.metrics.replies.labels(result).inc(),
+                on_copied=self.metrics.copies.inc,
             )
             consumer_channel = self._consumer_channel = await connection.channel()
             await consumer_channel.set_qos(prefetch_count=1)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 
@@ -188,3 +190,122 @@ async def test_a_request_that_halts_again_after_a_passing_probe_is_dead_lettered
 
 async def _count_dead(broker: FaultBroker, names: Names, n: int) -> bool:
     return await broker.count(names.dead) == n
+
+
+async def _move_verbatim(amqp_url: str, source: str, target: str, count: int) -> None:
+    """What the management UI's "Move messages", a shovel or a script re-publishing what it
+    reads does: every message published again with its body, properties and every header
+    (ours included), then acked."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=count)
+        queue = await channel.get_queue(source, ensure=False)
+        moved = 0
+        async with queue.iterator() as letters:
+            async for letter in letters:
+                copy = aio_pika.Message(
+                    letter.body,
+                    headers=dict(letter.headers or {}),
+                    content_type=letter.content_type,
+                    message_id=letter.message_id,
+                    correlation_id=letter.correlation_id,
+                    timestamp=letter.timestamp,
+                    app_id=letter.app_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                await channel.default_exchange.publish(copy, target)
+                await letter.ack()
+                moved += 1
+                if moved == count:
+                    break
+    finally:
+        await connection.close()
+
+
+async def test_dead_letters_moved_back_verbatim_survive_a_sigkill_and_are_all_recalled(
+    broker: FaultBroker,
+    names: Names,
+    sandbox: Sandbox,
+    spawn_worker: SpawnWorker,
+    amqp_url: str,
+) -> None:
+    """Not `dlq replay`: RabbitMQ's own tools keep every header of the dead letter. Each moved
+    letter is a new try (before this, a moved letter kept its told chain and was only acked:
+    no call, no event, gone)."""
+    tasks = [sandbox.create_task() for _ in range(6)]  # each kept roaming messages: 90053
+    requests = [request_for(t, {"TaskId": t}) for t in tasks]
+    await broker.declare()
+    await publish_all(broker, requests)
+    first = await spawn_worker()
+    await wait_until(lambda: len(events_named(first, "request_dead_lettered")) == 6, 20, "90053s")
+    await stop(first)
+    # The operator fixes the cause (the default overwrite), then moves the letters back.
+    await _move_verbatim(amqp_url, names.dead, names.queue, 6)
+    env = {"RECALL_DEFAULT_OFFLINE_PUSH_INFO": json.dumps(OVERWRITE), "RECALL_INTERVAL_S": "0.3"}
+    second = await spawn_worker(**env)
+    calls_before = len(sandbox.revoke_calls())
+    await sandbox.wait_for(lambda c: len(c) >= calls_before + 2, timeout=20)
+    await kill(second)  # while the moved letters wait for their slots
+    third = await spawn_worker(**env)
+    await wait_until(lambda: len(sandbox.recalled_task_ids()) == 6, 30, "every task recalled")
+    await wait_until(lambda: _empty(broker, names.queue), 20, "the recall queue to drain")
+    await stop(third)
+
+    assert sorted(sandbox.recalled_task_ids()) == sorted(tasks)
+    assert await broker.count(names.dead) == 0
+    assert 90051 not in [c.code for c in sandbox.revoke_calls()]
+    told: dict[str | None, list[tuple[str, int, str | None]]] = defaultdict(list)
+    for event in await read_all_results(broker):
+        told[event.message_id].append((event.outcome, event.error_code, event.lineage))
+    for request in requests:
+        outcomes = told[request.message_id]
+        assert [o[0] for o in outcomes] == ["dead_lettered", "recalled"], outcomes
+        assert outcomes[0][2] != outcomes[1][2], "a moved letter must start a new chain"
+    dead_chains = {outcomes[0][2] for outcomes in told.values()}
+    for worker in (second, third):
+        acked_only = {e.get("lineage") for e in events_named(worker, "request_already_settled")}
+        assert not acked_only & dead_chains
+
+
+async def test_halted_again_is_judged_on_the_request_across_replicas_and_key_rotations(
+    broker: FaultBroker,
+    names: Names,
+    sandbox: Sandbox,
+    spawn_worker: SpawnWorker,
+    tmp_path: Path,
+) -> None:
+    """A key rotated under both replicas, twice. After the first rotation both replicas have
+    resumed by a passing probe; after the second, the request released by one replica's halt
+    reaches the other, which halts on it too: it is not dead-lettered as "halted again" (that
+    replica's probe passed before the request's own halt)."""
+    await broker.declare()
+    a = await spawn_worker(**FAST_HALT)
+    await a.ready()
+    b = await spawn_worker(**FAST_HALT)
+    await b.ready()
+    key_files = [tmp_path / "secret-0", tmp_path / "secret-1"]
+    for rotation, key in enumerate(
+        ("rotated-key-one-0123456789abcdef", "rotated-key-two-0123456789")
+    ):
+        sandbox.config = replace(sandbox.config, secret_key=key)  # rotated at Tencent first
+        task_id = sandbox.create_task()
+        await publish_all(
+            broker, [request_for(task_id, {"TaskId": task_id, "OfflinePushInfo": OVERWRITE})]
+        )
+        await wait_until(
+            lambda n=rotation + 1: all(len(events_named(w, "worker_halted")) >= n for w in (a, b)),
+            20,
+            "both replicas halted on the request",
+        )
+        for path in key_files:  # then in the replicas' Secret
+            path.write_text(key + "\n")
+        await wait_until(lambda t=task_id: sandbox.is_recalled(t), 20, "the request recalled")
+        for worker in (a, b):
+            await worker.ready(timeout=15)
+    await stop(a)
+    await stop(b)
+    assert await broker.count(names.dead) == 0
+    assert len(sandbox.recalled_task_ids()) == 2
+    events = await read_all_results(broker)
+    assert [e.outcome for e in events] == ["recalled", "recalled"]

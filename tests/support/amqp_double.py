@@ -37,6 +37,7 @@ confirmed before the ack" by looking at the broker, not by trusting that the cod
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections import deque
@@ -170,11 +171,20 @@ class AmqpDouble:
         """Declare a queue as a test's set-up would (idempotent with the same arguments)."""
         self._declare(name, arguments or {})
 
-    def put(self, queue: str, body: bytes | aio_pika.Message, **properties: Any) -> str:
+    def put(
+        self,
+        queue: str,
+        body: bytes | aio_pika.Message,
+        *,
+        foreign_headers: dict[str, Any] | None = None,
+        **properties: Any,
+    ) -> str:
         """Publish to `queue` as a producer does (confirmed, mandatory); the message_id.
 
         `body` is the body, with `properties` as `aio_pika.Message`'s keyword arguments
-        (headers, message_id, ...), or a whole `aio_pika.Message`.
+        (headers, message_id, ...), or a whole `aio_pika.Message`. `foreign_headers` are added
+        as they arrive decoded from another client's encoding, which pamqp (and so aio-pika)
+        may not be able to encode again: a double (64-bit float), NaN, bytes.
         """
         target = self._queues.get(queue)
         if target is None:
@@ -183,6 +193,8 @@ class AmqpDouble:
             body if isinstance(body, aio_pika.Message) else aio_pika.Message(body, **properties)
         )
         held = self._held(message)
+        if foreign_headers:
+            held.properties.headers = {**(held.properties.headers or {}), **foreign_headers}
         self._store(target, held)
         return cast(str, held.message_id)
 
@@ -318,8 +330,9 @@ class AmqpDouble:
         channel = consumer.channel
         tag = channel.hold(queue, held)
         properties = held.properties
-        if queue.quorum and held.returns:
-            properties = _through_the_wire(properties, {DELIVERY_COUNT: held.returns})
+        if queue.quorum and held.returns:  # decoded already: only the broker's count is added
+            properties = copy.copy(properties)
+            properties.headers = {**(properties.headers or {}), DELIVERY_COUNT: held.returns}
         delivered = DeliveredMessage(
             delivery=spec.Basic.Deliver(consumer.tag, tag, held.redelivered, "", queue.name),
             header=ContentHeader(0, len(held.body), properties),

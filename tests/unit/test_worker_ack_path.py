@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import consumer.core.settle as settle_module
+import consumer.core.worker as worker_module
 from consumer.core.client import RevokeClient
 from consumer.core.envelope import message_generation, read_envelope, republish_message
 from consumer.core.identity import lineage_of
@@ -46,6 +47,7 @@ from schemas.events import (
     H_LINEAGE,
     ResultEvent,
 )
+from schemas.recall import parse_request
 from tests.support.amqp_double import AmqpDouble, Fault, Held
 from tests.support.events import crashed_recall
 from tests.support.workers import raising_for
@@ -789,6 +791,22 @@ amqp_value = st.recursive(
 headers_strategy = st.dictionaries(
     st.sampled_from(OUR_HEADERS) | st.text(min_size=1, max_size=12), amqp_value, max_size=6
 )
+# What another client's encoding can bring that aio-pika's cannot send again: 64-bit doubles
+# (NaN and infinities among them), 64-bit unsigned integers, bytes, decimals of any scale.
+foreign_value = st.recursive(
+    st.floats()
+    | st.integers(-(2**64), 2**64)
+    | st.binary(max_size=20)
+    | st.decimals()
+    | st.sampled_from([float("nan"), float("inf"), 1e308, 2**64 - 1]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+foreign_strategy = st.dictionaries(
+    st.sampled_from(OUR_HEADERS) | st.text(min_size=1, max_size=12), foreign_value, max_size=3
+)
 properties_strategy = st.fixed_dictionaries(
     {},
     optional={
@@ -815,23 +833,54 @@ def encodable(headers: dict[str, Any], properties: dict[str, Any]) -> bool:
     return True
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.tuples(headers_strategy, properties_strategy), min_size=1, max_size=5))
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.tuples(headers_strategy, foreign_strategy, properties_strategy, st.booleans()),
+        min_size=1,
+        max_size=5,
+    )
+)
 async def test_no_header_or_property_stalls_the_queue(
-    drafts: list[tuple[dict[str, Any], dict[str, Any]]],
+    drafts: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], bool]],
 ) -> None:
     """Any value of any AMQP type in any header, ours or foreign, and any property shape: each
-    request is recalled or dead-lettered with a stated reason, and the next one is served."""
-    messages = [(h, p) for h, p in drafts if encodable(h, p)]
+    request is recalled or dead-lettered with a stated reason, and the next one is served. Some
+    are released once (their handling raises) so that a copy of each must be published too."""
+    messages = [(h, f, p, r) for h, f, p, r in drafts if encodable(h, p)]
     assume(messages)
     broker = AmqpDouble()
     broker.declare(Q, TOPOLOGY.queue_arguments())
     broker.declare(DLQ, TOPOLOGY.dead_letter_arguments())
     broker.declare(RESULTS, TOPOLOGY.results_arguments())
     sandbox = Sandbox(SandboxConfig(min_interval=0.01))
-    ids = []
-    for headers, properties in messages:
-        ids.append(broker.put(Q, body(sandbox.create_task()), headers=headers, **properties))
+    ids, raising = [], []
+    for headers, foreign, properties, raises in messages:
+        task_id = sandbox.create_task()
+        raising += [task_id] if raises else []
+        ids.append(
+            broker.put(Q, body(task_id), headers=headers, foreign_headers=foreign, **properties)
+        )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker_module, "parse_request", raising_once(raising))
+        await _drain_all(broker, sandbox, ids)
+
+
+def raising_once(task_ids: list[str]) -> Callable[[bytes, int], Any]:
+    """A parse that raises the first time it sees each of `task_ids`."""
+    left = set(task_ids)
+
+    def parse(raw: bytes, max_bytes: int) -> Any:
+        for task_id in list(left):
+            if task_id.encode() in raw:
+                left.discard(task_id)
+                raise RuntimeError("a bug for this body")
+        return parse_request(raw, max_bytes)
+
+    return parse
+
+
+async def _drain_all(broker: AmqpDouble, sandbox: Sandbox, ids: list[str]) -> None:
     async with running(broker, sandbox, interval_s=0.01) as run:
         await until(lambda: drained(broker) and len(events(broker)) >= len(ids), "every request")
         told = events(broker)
