@@ -65,6 +65,7 @@ class Delivery:
     log: FilteringBoundLogger
     started: float
     connection_epoch: int  # a delivery is void once the connection it came on is lost
+    returns: int = 0  # the broker's x-delivery-count for this delivery
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,9 @@ class Worker:
                 # The journal is keyed on this copy (its generation), not the lineage: a copy
                 # of the same chain is a delivery of its own and must not be taken for the one
                 # it replaced.
-                delivery = Delivery(message, envelope.generation, log, started, self._epoch)
+                delivery = Delivery(
+                    message, envelope.generation, log, started, self._epoch, envelope.delivery_count
+                )
                 attrs = {
                     "messaging.destination.name": self.config.topology.queue,
                     "messaging.message.id": envelope.message_id,
@@ -499,7 +502,9 @@ class Worker:
             gone = self._stopping.is_set() and not self._broker_connected()
             return self._epoch != epoch or gone
 
-        last_chance = envelope.delivery_count >= self.config.topology.delivery_limit - 1
+        # This delivery's count, not the envelope's: a resumed settlement carries the envelope of
+        # the delivery it started on.
+        last_chance = delivery.returns >= self.config.topology.delivery_limit - 1
         settled = await self._settler.settle(
             message, envelope, verdict, log, progress, void=void, last_chance=last_chance
         )

@@ -98,8 +98,8 @@ class Running:
     worker: Worker
     settled: list[ResultEvent]
 
-    async def wait_settled(self, count: int) -> None:
-        await until(lambda: len(self.settled) >= count, f"{count} settled requests")
+    async def wait_settled(self, count: int, timeout: float = 5.0) -> None:
+        await until(lambda: len(self.settled) >= count, f"{count} settled requests", timeout)
 
 
 @contextlib.asynccontextmanager
@@ -889,3 +889,28 @@ async def _drain_all(broker: AmqpDouble, sandbox: Sandbox, ids: list[str]) -> No
             assert event.outcome == "recalled" or event.error_info, event
         assert not run.worker.halted
     assert broker.held(Q) == []
+
+
+async def test_a_settle_step_that_keeps_failing_is_told_before_the_delivery_limit(
+    sandbox: Sandbox,
+) -> None:
+    # The results stream refuses every event for a while (no leader): each try is given back,
+    # which the broker counts; one return from the limit the settlement is never given back,
+    # so the request is told once the stream takes events again, never dropped unseen.
+    limit = 4
+    topology = Topology(Q, DLQ, RESULTS, delivery_limit=limit)
+    broker = AmqpDouble()
+    broker.declare(Q, topology.queue_arguments())
+    broker.declare(DLQ, topology.dead_letter_arguments())
+    broker.declare(RESULTS, topology.results_arguments())
+    refusals = 2 * (limit - 1) + 5  # every try until the last chance, and some of that too
+    broker.fail_next("publish", RESULTS, *[Fault.NACK] * refusals, where=is_event)
+    task_id = sandbox.create_task()
+    message_id = broker.put(Q, body(task_id))
+    async with running(broker, sandbox, delivery_limit=limit) as run:
+        await run.wait_settled(1, timeout=20)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [0]  # the journal kept the answer
+    assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
+    returns = broker.ops(Q).count(("reject", Q))
+    assert returns == limit - 1  # given back until x-delivery-count reached limit - 1, no more
