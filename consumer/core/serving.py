@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Literal
 
 import structlog
 import uvicorn
@@ -77,11 +78,15 @@ async def serve_app(
     port: int = 0,
     *,
     before_exit: Callable[[], None] | None = None,
+    http: Literal["h11", "httptools"] = "h11",
 ) -> AsyncIterator[str]:
     """Serve `app` while the block runs; yields the base URL (port 0 picks a free port)."""
     sock = bind(host, port)
+    # h11 unless asked: uvicorn's "auto" would switch to httptools wherever it is installed.
+    # The sandbox asks for httptools, a compiled parser: half of uvicorn's CPU per request.
     config = uvicorn.Config(
         app,
+        http=http,
         log_level="warning",
         log_config=None,  # in-process: leave the host's logging set-up alone
         access_log=False,

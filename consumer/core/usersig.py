@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -102,6 +103,44 @@ def verify_usersig(
     if fields.time + fields.expire < now:
         raise UserSigError(70001, "UserSig expired")
     return fields
+
+
+class UserSigVerifier:
+    """verify_usersig that remembers the UserSigs it passed, so a repeated one costs a look-up.
+
+    A server sees the same UserSig on every call until the client renews it (a day), and
+    decoding it (base64, zlib, JSON) and its HMAC cost more than the rest of a call's checks.
+    Remembered: the fields of a UserSig that decoded, matched the SDKAppID and identifier and
+    whose HMAC matched, keyed by all four inputs those depend on (a new key simply misses).
+    Checked on every call: time + expire against `now`, so a remembered UserSig expires exactly
+    when it would unremembered. A refused UserSig is not remembered (it is checked in full again).
+    """
+
+    def __init__(self, max_size: int = 4096) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._max_size = max_size
+        self._passed: dict[tuple[str, int, str, str], SigFields] = {}
+        self._lock = threading.Lock()  # a sandbox can be called from more than one thread
+
+    def verify(
+        self, usersig: str, sdkappid: int, identifier: str, secret_key: str, now: float
+    ) -> SigFields:
+        """The same answer as verify_usersig (fields, or UserSigError with the same code)."""
+        key = (usersig, sdkappid, identifier, secret_key)
+        fields = self._passed.get(key)
+        if fields is None:
+            fields = verify_usersig(usersig, sdkappid, identifier, secret_key, now)
+            with self._lock:
+                if len(self._passed) >= self._max_size:  # the oldest goes; it is only checked anew
+                    del self._passed[next(iter(self._passed))]
+                self._passed[key] = fields
+        elif fields.time + fields.expire < now:
+            raise UserSigError(70001, "UserSig expired")
+        return fields
+
+    def __len__(self) -> int:
+        return len(self._passed)
 
 
 def _constant(value: str) -> Callable[[], str]:

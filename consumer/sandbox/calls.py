@@ -23,7 +23,11 @@ class CallLog:
         """Add a call in its arrival place and wake every waiter, in whichever loop it waits."""
         with self._lock:
             # Concurrent calls finish reading their bodies in any order: keep arrival order.
-            bisect.insort(self.calls, call, key=lambda c: c.arrived)
+            # Most come in order: appended, where insort would put them (after equal stamps).
+            if not self.calls or self.calls[-1].arrived <= call.arrived:
+                self.calls.append(call)
+            else:
+                bisect.insort(self.calls, call, key=lambda c: c.arrived)
             waiters = list(self._waiters)
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # that waiter's loop has closed

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-
-from consumer.core.usersig import UserSigError, verify_usersig
+from consumer.core.usersig import UserSigError, UserSigVerifier
 from consumer.sandbox.records import U32, SandboxApp
 from schemas.api import meaning
 
@@ -17,12 +16,15 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 def check_request(
-    request: Request, app: SandboxApp | None, clock: Callable[[], float], not_admin: int
+    q: Mapping[str, str],
+    app: SandboxApp | None,
+    clock: Callable[[], float],
+    not_admin: int,
+    usersigs: UserSigVerifier,
 ) -> tuple[int, str] | None:
-    """Query, UserSig and admin checks against `app` (None: not served); None when all pass."""
+    """Query `q`, UserSig and admin checks against `app` (None: not served); None if all pass."""
     # In the server's order: `app` is looked up from the query's sdkappid before any check, but
     # a missing contenttype or sdkappid is still answered before an unknown app.
-    q = request.query_params
     if q.get("contenttype") != "json":
         return 60002, "contenttype must be json"
     appid = q.get("sdkappid", "")
@@ -39,7 +41,7 @@ def check_request(
     if not _DIGITS.fullmatch(rnd) or int(rnd) > U32:
         return 60002, "random must be an integer from 0 to 4294967295"
     try:
-        verify_usersig(usersig, app.sdkappid, identifier, app.secret_key, now=clock())
+        usersigs.verify(usersig, app.sdkappid, identifier, app.secret_key, now=clock())
     except UserSigError as exc:
         return exc.code, exc.reason
     if identifier not in app.admins:
@@ -47,18 +49,23 @@ def check_request(
     return None
 
 
-def random_param(request: Request) -> int | None:
+def query_params(query_string: bytes) -> dict[str, str]:
+    """A raw query string as its parameters, as Starlette reads it: blanks kept, the last wins."""
+    return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+
+
+def random_param(q: Mapping[str, str]) -> int | None:
     """The query's `random` as a number, or None when it is not one."""
-    return _number_param(request, "random")
+    return _number_param(q, "random")
 
 
-def sdkappid_param(request: Request) -> int | None:
+def sdkappid_param(q: Mapping[str, str]) -> int | None:
     """The query's `sdkappid` as a number, or None when it is not one."""
-    return _number_param(request, "sdkappid")
+    return _number_param(q, "sdkappid")
 
 
-def _number_param(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name, "")
+def _number_param(q: Mapping[str, str], name: str) -> int | None:
+    value = q.get(name, "")
     return int(value) if _DIGITS.fullmatch(value) else None
 
 

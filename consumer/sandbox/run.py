@@ -21,7 +21,7 @@ def run_sandbox(config: SandboxConfig, host: str, port: int, *, apps: int = 1) -
     for app in added:
         print(_app_line(app), flush=True)
     uvicorn_config = uvicorn.Config(
-        sandbox.app(), log_level="warning", access_log=False, lifespan="off"
+        sandbox.app(), http="httptools", log_level="warning", access_log=False, lifespan="off"
     )
     uvicorn.Server(uvicorn_config).run(sockets=[sock])
 

@@ -13,15 +13,15 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from consumer.core.stream import read_results
 from consumer.sandbox import Sandbox, SandboxConfig
@@ -249,10 +249,17 @@ class RecordingSandbox(Sandbox):
         super().__init__(config)
         self.received: list[Received] = []
 
-    async def _revoke(self, request: Request) -> Response:
-        response = await super()._revoke(request)
-        body = await request.body()  # starlette keeps the body it already read
-        self.received.append(Received(request.query_params.get("usersig", ""), body))
+    async def _revoke(self, query: Mapping[str, str], receive: Receive) -> Response:
+        chunks: list[bytes] = []
+
+        async def recording() -> Message:  # what the sandbox reads, kept as it reads it
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
+
+        response = await super()._revoke(query, recording)
+        self.received.append(Received(query.get("usersig", ""), b"".join(chunks)))
         return response
 
 
