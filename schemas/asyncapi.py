@@ -24,6 +24,7 @@ from schemas.events import (
     H_ERROR_INFO,
     H_ERROR_SOURCE,
     H_FIRST_SEEN,
+    H_SDKAPPID,
     H_TRACEPARENT,
     ResultEvent,
 )
@@ -136,6 +137,7 @@ def _dead_letter_message() -> dict[str, Any]:
             H_ATTEMPTS,
             H_DEAD_LETTERED_AT,
             H_DEAD_LETTER_ID,
+            H_SDKAPPID,
         ],
         "properties": {
             H_ERROR_CODE: {**integer, "description": "The API's ErrorCode; 90001: bad body."},
@@ -144,6 +146,7 @@ def _dead_letter_message() -> dict[str, Any]:
             H_ATTEMPTS: {**integer, "minimum": 0, "description": "API calls made."},
             H_FIRST_SEEN: {**integer, "description": "Unix seconds."},
             H_DEAD_LETTERED_AT: {**integer, "description": "Unix seconds."},
+            H_SDKAPPID: {**integer, "description": "The Chat app the request was for."},
             H_DEAD_LETTER_ID: {
                 "type": "string",
                 "description": "Unique per dead letter: moved back, it is a new request.",
@@ -187,12 +190,42 @@ def _operation(action: str, channel: str, message: str, summary: str, **extra: A
     }
 
 
+def _app_channel(exchange: str, queue: str) -> dict[str, Any]:
+    """Requests routed by app: the direct exchange, the SDKAppID as routing key."""
+    return {
+        "address": "{sdkappid}",
+        "description": (
+            f"A request for one Chat app: published to the direct exchange {exchange!r} "
+            "(RECALL_EXCHANGE) with the app's SDKAppID, in decimal, as routing key, mandatory: a "
+            "message returned to the producer means no queue serves that app. Each app has its "
+            f"own quorum queue ({queue}.<sdkappid>, or the apps file's `queue`; a fleet of one "
+            f"keeps {queue}) bound with that key: single active consumer, one app's backlog "
+            "never delays another's."
+        ),
+        "parameters": {"sdkappid": {"description": "The Chat app's SDKAppID, in decimal."}},
+        "messages": {"RecallRequest": {"$ref": "#/components/messages/RecallRequest"}},
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {
+                    "name": exchange,
+                    "type": "direct",
+                    "durable": True,
+                    "autoDelete": False,
+                },
+                "bindingVersion": "0.3.0",
+            }
+        },
+    }
+
+
 def asyncapi_document(
     queue: str = "timpush.recall",
     dead_letter_queue: str | None = None,
     results_stream: str | None = None,
+    exchange: str = "tim-recall",
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document for these queue names (the defaults of RECALL_QUEUE & co.)."""
+    """The AsyncAPI 3.0 document for these names (the defaults of RECALL_QUEUE & co.)."""
     dead = dead_letter_queue or f"{queue}.dead"
     results = results_stream or f"{queue}.results"
     try:
@@ -206,8 +239,9 @@ def asyncapi_document(
             "version": version,
             "description": (
                 "Recall mistaken Tencent Cloud Chat push notifications from a RabbitMQ queue. "
-                "Publish RecallRequest to the recall queue; learn each outcome from the reply "
-                "(set reply_to) or the results stream."
+                "Publish RecallRequest for an app to the exchange with its SDKAppID as routing "
+                "key (or to a fleet of one's recall queue by name); learn each outcome from the "
+                "reply (set reply_to) or the results stream, which names the app."
             ),
         },
         "defaultContentType": "application/json",
@@ -220,6 +254,7 @@ def asyncapi_document(
             }
         },
         "channels": {
+            "app": _app_channel(exchange, queue),
             "recall": _channel(
                 queue,
                 "RecallRequest",
@@ -259,6 +294,13 @@ def asyncapi_document(
                     "address": {"location": "$message.header#/reply_to"},
                     "messages": [{"$ref": "#/channels/reply/messages/RecallResultEvent"}],
                 },
+            ),
+            "receiveRecallRequestForApp": _operation(
+                "receive",
+                "app",
+                "RecallRequest",
+                "Take a request routed to an app's queue by its SDKAppID; the same as above, at "
+                "that app's own 1 call/s.",
             ),
             "sendResultEvent": _operation(
                 "send",

@@ -32,12 +32,14 @@ H_EXPIRES_AT = "x-recall-expires-at-ms"  # when the producer's `expiration` runs
 # are the same bytes, so each is a chain of its own (see consumer/core/identity.py).
 H_REPLAY = "x-recall-replay"
 H_DEAD_LETTER_ID = "x-recall-dead-letter-id"
+H_SDKAPPID = "x-recall-sdkappid"  # the app a dead letter was for
 RECALL_ERROR_HEADERS = (
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
     H_DEAD_LETTERED_AT,
     H_DEAD_LETTER_ID,
+    H_SDKAPPID,
 )
 # What only a copy of ours carries about its chain: dropped from a dead letter, ignored on
 # anything that is not a copy.
@@ -70,6 +72,9 @@ class ResultEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="RecallResultEvent")
 
+    sdkappid: int | None = Field(
+        default=None, description="The Chat app the request was for (its queue's app)."
+    )
     task_id: str | None = Field(
         description="The TaskId; null when the body was not a valid request."
     )

@@ -23,6 +23,8 @@ import pytest
 from consumer.core.client import make_http_client
 from consumer.core.metrics import Metrics
 from consumer.ops.app import build_worker
+from consumer.ops.lanes import fleet_apps
+from consumer.ops.reload import AppsReloader
 from consumer.sandbox import Sandbox, SandboxConfig, serve_sandbox
 from schemas.events import ResultEvent
 from tests.support.broker import FAST_INTERVAL_S, Broker, Names, broker_address
@@ -119,7 +121,11 @@ def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) 
         settled: list[ResultEvent] = []
         metrics = Metrics()
         async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:
-            worker = build_worker(settings, http, metrics=metrics, on_settled=settled.append)
+            apps = fleet_apps(settings)
+            worker = build_worker(
+                settings, http, metrics=metrics, on_settled=settled.append, apps=apps
+            )
+            reloader = AppsReloader(worker, settings, http, apps)
             started = asyncio.Event()
             task = asyncio.create_task(worker.run(started))
             done, _ = await asyncio.wait(
@@ -130,7 +136,7 @@ def run_worker(amqp_url: str, sandbox: Sandbox, sandbox_url: str, names: Names) 
             if task in done:
                 task.result()  # raises why the worker could not start
             try:
-                yield RunningWorker(worker, settled, metrics)
+                yield RunningWorker(worker, settled, metrics, reloader)
             finally:
                 worker.stop()
                 await asyncio.wait_for(task, timeout=30)

@@ -37,10 +37,20 @@ class CallObserver(Protocol):
         """The answer's status line and headers were read from the socket just now."""
 
 
-def make_http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
-    """One keep-alive client per process, with explicit timeouts."""
+MAX_HTTP_CONNECTIONS = 100
+
+
+def make_http_client(
+    connect_timeout_s: float, read_timeout_s: float, *, connections: int = 4
+) -> httpx.AsyncClient:
+    """One keep-alive client per process, with explicit timeouts; `connections` at once (a few
+    per app with a call in flight: each lane makes one call at a time)."""
     timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
-    limits = httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=60.0)
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=max(2, connections // 2),
+        keepalive_expiry=60.0,
+    )
     return httpx.AsyncClient(
         timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
     )

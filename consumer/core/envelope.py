@@ -33,6 +33,7 @@ from schemas.events import (
     H_LINEAGE,
     H_MAY_HAVE_REACHED,
     H_RELEASES,
+    H_SDKAPPID,
     H_TRACEPARENT,
     RECALL_ERROR_HEADERS,
 )
@@ -331,8 +332,9 @@ def dead_letter_message(
     attempts: int,
     first_seen: float,
     now: float,
+    sdkappid: int | None = None,
 ) -> aio_pika.Message:
-    """The original request plus the headers that say why it is dead.
+    """The original request plus the headers that say why it is dead (and for which app).
 
     Without its chain's headers: moved back by any tool, it is a new request (see identity.py).
     A dead letter id of its own makes every dead letter unique bytes.
@@ -349,6 +351,8 @@ def dead_letter_message(
             H_DEAD_LETTER_ID: uuid.uuid4().hex,
         }
     )
+    if sdkappid is not None:
+        headers[H_SDKAPPID] = sdkappid
     return copy_message(message, headers)
 
 

@@ -79,14 +79,24 @@ class _Window:
 
 
 class RecallMemory:
-    """TaskIds recalled or expired, lineages told, in the last 24 hours; at most `max_entries`."""
+    """TaskIds recalled or expired, lineages told, in the last 24 hours; at most `max_entries`.
+
+    One memory serves every app of a process, one ceiling for all: each key is kept under its
+    app (`AppMemory` is one app's view). An event that names no app (written before apps were
+    named) belongs to `default_app`, the app of a fleet of one.
+    """
 
     def __init__(
-        self, window_s: float = RECALL_WINDOW_S, *, max_entries: int = DEFAULT_MAX_ENTRIES
+        self,
+        window_s: float = RECALL_WINDOW_S,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        default_app: int | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
+        self.default_app = default_app
         self._ranks = {rank: _Window(window_s) for rank in RANKS}
         self.evicted: dict[str, int] = dict.fromkeys(RANKS, 0)  # since start, for a metric
 
@@ -153,14 +163,46 @@ class RecallMemory:
         for window in self._ranks.values():
             window.clear()
 
+    def for_app(self, app: int | None) -> AppMemory:
+        """One app's view of this memory."""
+        return AppMemory(self, app)
+
     def remember_event(self, event: ResultEvent, now: float) -> None:
-        """What a told event means for later requests: a recalled or expired TaskId, a lineage."""
+        """What a told event means for later requests of its app: a recalled or expired TaskId,
+        a lineage."""
+        view = self.for_app(event.sdkappid if event.sdkappid is not None else self.default_app)
         at = event.settled_at.timestamp()
         local = event.source == "local"
         if event.task_id is not None:
             if event.outcome == "recalled":
-                self.remember(event.task_id, at, now)
+                self.remember(view.key(event.task_id), at, now)
             elif event.error_code == 90052:
-                self.remember_expired(event.task_id, at, now, local=local)
+                self.remember_expired(view.key(event.task_id), at, now, local=local)
         if event.lineage is not None:
-            self.remember_told(event.lineage, at, now, local=local)
+            self.remember_told(view.key(event.lineage), at, now, local=local)
+
+
+class AppMemory:
+    """One app's view of the shared memory: its TaskIds and chains, kept under its SDKAppID
+    (the same TaskId or the same bytes in two apps are two things)."""
+
+    def __init__(self, memory: RecallMemory, app: int | None) -> None:
+        self.memory = memory
+        self.app = app
+        self._prefix = f"{app}:"
+
+    def key(self, name: str) -> str:
+        """A TaskId's or lineage's key in the shared memory."""
+        return self._prefix + name
+
+    def recalled_at(self, task_id: str, now: float) -> float | None:
+        """When this app's `task_id` was recalled, if within the window."""
+        return self.memory.recalled_at(self.key(task_id), now)
+
+    def expired_at(self, task_id: str, now: float) -> float | None:
+        """When this app's `task_id` was answered 90052, if within the window."""
+        return self.memory.expired_at(self.key(task_id), now)
+
+    def was_told(self, lineage: str, now: float) -> bool:
+        """Whether this app's chain `lineage` was settled and told within the window."""
+        return self.memory.was_told(self.key(lineage), now)

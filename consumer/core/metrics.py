@@ -72,13 +72,39 @@ class Metrics:
         )
         self.halted = Gauge(
             "tim_recall_halted",
-            "1 while the worker is halted on its own configuration.",
+            "Apps whose lane is halted on its own configuration here (a fleet of one: 1 while "
+            "halted).",
             registry=r,
         )
         self.active = Gauge(
             "tim_recall_active",
-            "1 when this replica is the queue's active consumer (it has had a delivery since "
-            "subscribing), 0 while it is a standby.",
+            "Apps this replica is the active consumer of (a lane had a delivery since "
+            "subscribing); 0 while it is a standby for all of them.",
+            registry=r,
+        )
+        # Per app: the few series an operator needs app by app (the app label is the SDKAppID).
+        self.app_settled = Counter(
+            "tim_recall_app_requests_settled",
+            "Requests settled, by app and outcome.",
+            ["app", "outcome"],
+            registry=r,
+        )
+        self.app_active = Gauge(
+            "tim_recall_app_active",
+            "1 while this replica is the app's active consumer.",
+            ["app"],
+            registry=r,
+        )
+        self.app_halted = Gauge(
+            "tim_recall_app_halted",
+            "1 while the app's lane is halted on its own configuration.",
+            ["app"],
+            registry=r,
+        )
+        self.app_last_recall = Gauge(
+            "tim_recall_app_last_recall_timestamp_seconds",
+            "Unix time of the app's last successful recall here.",
+            ["app"],
             registry=r,
         )
         self.copies = Counter(

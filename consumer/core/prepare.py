@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
+from consumer.core.memory import RECALL_WINDOW_S
 from consumer.core.policy import Reason
 from schemas.api import ErrorCode
 from schemas.recall import OfflinePushInfo, RecallRequest
@@ -35,6 +36,16 @@ def task_start_time(task_id: str, now: float) -> float | None:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Recalls(Protocol):
+    """What `prepare` asks of the memory of recalls (one app's view of it)."""
+
+    def recalled_at(self, task_id: str, now: float) -> float | None:
+        """When `task_id` was recalled, if within the window."""
+
+    def expired_at(self, task_id: str, now: float) -> float | None:
+        """When `task_id` was answered 90052, if within the window."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ def window_closed(
 def prepare(
     request: RecallRequest,
     first_seen: float,
-    memory: RecallMemory,
+    memory: Recalls,
     rules: PrepareRules,
     now: float,
     *,

@@ -120,5 +120,10 @@ class SecretKeySource:
             self._log.info("secret_key_changed")
         return key
 
+    @property
+    def path(self) -> Path | None:
+        """The key file re-read at each renewal, None for a key given as a value."""
+        return self._path
+
     def __repr__(self) -> str:
         return f"SecretKeySource(path={self._path!r})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -72,6 +73,17 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(default=10.0, validation_alias=_env("TIM_READ_TIMEOUT_S"), gt=0)
     usersig_expire_s: int = Field(
         default=86400, validation_alias=_env("TIM_USERSIG_EXPIRE_S"), ge=600
+    )
+
+    # Many apps (consumer/core/apps.py): a YAML file of apps; unset, TIM_* name the only one
+    apps_file: Path | None = Field(default=None, validation_alias=_env("RECALL_APPS_FILE"))
+    apps_reload_s: float = Field(default=5.0, validation_alias=_env("RECALL_APPS_RELOAD_S"), gt=0)
+    exchange: str = Field(
+        default="tim-recall", validation_alias=_env("RECALL_EXCHANGE"), min_length=1
+    )
+    # Spreads the apps over replicas on RabbitMQ 4 (consumer priorities): a StatefulSet's pod name
+    replica_id: str = Field(
+        default_factory=socket.gethostname, validation_alias=_env("RECALL_REPLICA_ID"), min_length=1
     )
 
     # RabbitMQ

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
 
 import aio_pika
 import aiormq
@@ -19,9 +18,10 @@ from structlog.typing import FilteringBoundLogger
 
 from consumer.core.backoff import Backoff
 from consumer.core.envelope import Envelope, dead_letter_message, republish_message
-from consumer.core.policy import Action, Outcome, Reason, ReplyResult, action_for
+from consumer.core.policy import Action, Outcome, ReplyResult, action_for
 from consumer.core.stream import StreamWriter, publish_confirmed, result_message
 from consumer.core.topology import Topology, declare
+from consumer.core.verdict import Verdict
 from schemas.events import ResultEvent
 from schemas.recall import RecallRequest
 
@@ -58,26 +58,16 @@ class Step(StrEnum):
     ACK = "ack"
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """What one delivery came to, ready to be settled and told."""
-
-    outcome: Outcome
-    code: int | None
-    info: str
-    source: Literal["api", "local"]
-    attempts: int
-    reason: Reason
-    may_have_reached: bool
-    task_id: str | None
-    has_offline_push_info: bool = False
-
-
 def result_event(
-    message: AbstractIncomingMessage, envelope: Envelope, verdict: Verdict, now: float
+    message: AbstractIncomingMessage,
+    envelope: Envelope,
+    verdict: Verdict,
+    now: float,
+    sdkappid: int | None = None,
 ) -> ResultEvent:
     """The results event of a settled request."""
     return ResultEvent(
+        sdkappid=sdkappid,
         task_id=verdict.task_id,
         outcome="recalled" if verdict.outcome is Outcome.RECALLED else "dead_lettered",
         error_code=verdict.code if verdict.code is not None else 0,
@@ -176,12 +166,14 @@ class Settler:
         on_told: Callable[[ResultEvent], None] = lambda _: None,
         on_reply: Callable[[ReplyResult], None] = lambda _: None,
         on_copied: Callable[[], None] = lambda: None,
+        redeclare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
         # Results events never go through `publisher`: see StreamWriter (RabbitMQ 3.10).
         self._results = StreamWriter(connection, topology.results_stream)
-        self._topology = topology
+        self._topology = topology  # the fleet's shared queues (and a default recall queue)
+        self._redeclare = redeclare or (lambda: declare(connection, topology))
         self._clock = clock
         self._on_told = on_told
         self._on_reply = on_reply
@@ -197,10 +189,13 @@ class Settler:
         *,
         void: Callable[[], bool] = lambda: False,
         last_chance: bool = False,
+        queue: str | None = None,
+        sdkappid: int | None = None,
     ) -> Settled:
         """Settle the delivery; with the results event when it is recalled or dead-lettered.
 
-        `envelope` is what a copy (re-publish, release) carries in its headers. On its
+        `envelope` is what a copy (re-publish, release) carries in its headers, to `queue` (the
+        app's; the topology's by default); `sdkappid` is named in the event and dead letter. On its
         `last_chance` (one more return and the broker dead-letters it unseen) a delivery is
         never given back: its steps are tried until they pass or the connection goes.
         """
@@ -212,7 +207,8 @@ class Settler:
             again = republish_message(
                 message, envelope, attempts=verdict.attempts, now=self._clock()
             )
-            steps.append((Step.COPY, lambda: self._publish(again, self._topology.queue, log)))
+            tail = queue or self._topology.queue
+            steps.append((Step.COPY, lambda: self._publish(again, tail, log)))
         elif action in (Action.ACK, Action.DEAD_LETTER):
             now = self._clock()
             if action is Action.DEAD_LETTER:
@@ -224,11 +220,12 @@ class Settler:
                     attempts=verdict.attempts,
                     first_seen=envelope.first_seen,
                     now=now,
+                    sdkappid=sdkappid,
                 )
                 dlq = self._topology.dead_letter_queue
                 steps.append((Step.DEAD_LETTER, lambda: self._publish(dead, dlq, log)))
             if progress.event is None:
-                progress.event = result_event(message, envelope, verdict, now)
+                progress.event = result_event(message, envelope, verdict, now, sdkappid)
             news = result_message(progress.event)
             stream = self._topology.results_stream
             steps.append((Step.RESULT_EVENT, lambda: self._publish(news, stream, log)))
@@ -334,7 +331,7 @@ class Settler:
             # Returned unroutable: a queue was deleted under us. Declare the topology again and
             # retry once. (A nack is a plain DeliveryError: the step's own retry handles it.)
             log.warning("queue_missing_redeclaring", routing_key=routing_key)
-            await declare(self._connection, self._topology)
+            await self._redeclare()
             await self._send(message, routing_key)
 
     async def _send(self, message: aio_pika.Message, routing_key: str) -> None:

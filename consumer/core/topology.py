@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import aio_pika
@@ -44,24 +45,36 @@ class QueueArguments:
 
 @dataclass(frozen=True)
 class Topology:
-    """Names and arguments of the recall queue, its dead-letter queue and the results stream."""
+    """Names and arguments of one app's recall queue and what the fleet shares: the dead-letter
+    queue, the results stream and the direct exchange producers publish to (the app's queue
+    bound with its SDKAppID, in decimal, as routing key)."""
 
     queue: str
     dead_letter_queue: str
     results_stream: str
     delivery_limit: int = 20
     results_max_age: str = "7D"
+    exchange: str | None = None  # None: the queue is reached by name only (a test's own)
+    routing_key: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Topology:
-        """The topology named by the settings."""
+    def from_settings(
+        cls, settings: Settings, *, queue: str | None = None, sdkappid: int | None = None
+    ) -> Topology:
+        """The topology named by the settings, for the app `sdkappid` served from `queue`."""
         return cls(
-            queue=settings.queue,
+            queue=queue or settings.queue,
             dead_letter_queue=settings.dead_letter_queue,
             results_stream=settings.results_stream,
             delivery_limit=settings.delivery_limit,
             results_max_age=settings.results_max_age,
+            exchange=settings.exchange if sdkappid is not None else None,
+            routing_key=str(sdkappid) if sdkappid is not None else None,
         )
+
+    def for_app(self, queue: str, sdkappid: int) -> Topology:
+        """The same fleet's topology for another app's queue."""
+        return replace(self, queue=queue, routing_key=str(sdkappid))
 
     def queue_arguments(self) -> dict[str, FieldValue]:
         """The recall queue: quorum, one active consumer, dead letters to our queue."""
@@ -112,18 +125,37 @@ def _broker_text(exc: aiormq.exceptions.AMQPError) -> str:
 
 
 async def declare(connection: aio_pika.abc.AbstractConnection, topology: Topology) -> None:
-    """Declare every queue; raises TopologyError naming a mismatch.
+    """Declare every queue (and the exchange and binding); raises TopologyError naming a
+    mismatch."""
+    await declare_fleet(connection, [topology])
 
-    Each declaration gets its own short-lived channel, since a failed one closes its channel.
-    """
-    for name, arguments in (
-        (topology.dead_letter_queue, topology.dead_letter_arguments()),
-        (topology.queue, topology.queue_arguments()),
-        (topology.results_stream, topology.results_arguments()),
-    ):
-        channel = await connection.channel()
-        try:
-            await _declare(channel, name, arguments)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+
+async def declare_fleet(
+    connection: aio_pika.abc.AbstractConnection, topologies: Sequence[Topology]
+) -> None:
+    """Declare what the fleet shares once, then each app's queue and binding; raises
+    TopologyError naming a mismatch. A failed declaration closes its channel, so the channel
+    is only reused while declarations pass."""
+    if not topologies:
+        return
+    shared = topologies[0]
+    wanted: list[tuple[str, dict[str, FieldValue]]] = [
+        (shared.dead_letter_queue, shared.dead_letter_arguments()),
+        (shared.results_stream, shared.results_arguments()),
+    ]
+    wanted += [(t.queue, t.queue_arguments()) for t in topologies]
+    channel = await connection.channel()
+    try:
+        exchanges = {t.exchange for t in topologies if t.exchange is not None}
+        declared = {
+            name: await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+            for name in sorted(exchanges)
+        }
+        for name, arguments in wanted:
+            queue = await _declare(channel, name, arguments)
+            for topology in topologies:
+                if topology.queue == name and topology.exchange and topology.routing_key:
+                    await queue.bind(declared[topology.exchange], topology.routing_key)
+    finally:
+        if not channel.is_closed:
+            await channel.close()

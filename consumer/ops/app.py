@@ -6,25 +6,27 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 import structlog
 
 from consumer.core import tracing
-from consumer.core.client import RevokeClient, make_http_client
+from consumer.core.apps import App
+from consumer.core.client import MAX_HTTP_CONNECTIONS, make_http_client
 from consumer.core.fence import UnworkableHeartbeat, fence_after_s, heartbeat_of, with_heartbeat
 from consumer.core.memory import RecallMemory
 from consumer.core.metrics import Metrics
 from consumer.core.nodes import split_urls
-from consumer.core.pacing import Pacer
 from consumer.core.prepare import PrepareRules
 from consumer.core.recaller import RetryRules
 from consumer.core.serving import serve_app
 from consumer.core.settings import Settings, SettingsError
 from consumer.core.topology import Topology
-from consumer.core.usersig import UserSigCache
 from consumer.core.worker import Worker, WorkerConfig
 from consumer.ops.health import health_app
+from consumer.ops.lanes import app_lane, fleet_apps
+from consumer.ops.reload import AppsReloader
 from schemas.events import ResultEvent
 
 
@@ -47,10 +49,13 @@ def worker_config(settings: Settings) -> WorkerConfig:
     """The worker's part of the settings."""
     given = split_urls(settings.amqp_url.get_secret_value())
     urls = [with_heartbeat(url, settings.heartbeat_s) for url in given]
+    topology = Topology.from_settings(settings)
     return WorkerConfig(
         amqp_url=",".join(urls),
         fence_s=fence_s(settings, given),
-        topology=Topology.from_settings(settings),
+        # Every app's queue is bound to the fleet's exchange with its SDKAppID (a fleet of one
+        # too: its queue keeps its name, and producers may route by app as well).
+        topology=replace(topology, exchange=settings.exchange),
         retry=RetryRules(
             budget_s=settings.retry_budget_s,
             initial_s=settings.retry_initial_s,
@@ -65,6 +70,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         halt_probe_initial_s=settings.halt_probe_initial_s,
         halt_probe_max_s=settings.halt_probe_max_s,
         rebuild_budget_s=settings.rebuild_budget_s,
+        replica_id=settings.replica_id,
     )
 
 
@@ -74,28 +80,14 @@ def build_worker(
     *,
     metrics: Metrics | None = None,
     on_settled: Callable[[ResultEvent], None] | None = None,
+    apps: list[App] | None = None,
 ) -> Worker:
     """A worker wired from the settings (credentials are checked here: SettingsError)."""
-    sdkappid = settings.require_sdkappid()
-    # Fails now, with the variable's name, not at the first call; later reads never raise.
-    keys = settings.secret_key_source()
-    usersigs = UserSigCache(
-        sdkappid,
-        settings.identifier,
-        keys,
-        expire=settings.usersig_expire_s,
-        renew_before=max(60, settings.usersig_expire_s // 10),
-    )
-    client = RevokeClient(http, settings.api_base_url, sdkappid, settings.identifier, usersigs)
+    # Fails now, naming the variable or the entry, not at the first call.
+    apps = apps if apps is not None else fleet_apps(settings)
     return Worker(
         worker_config(settings),
-        client,
-        Pacer(
-            settings.interval_s,
-            rule=settings.pacing,
-            margin_s=settings.pacing_margin_s,
-            jitter_s=settings.pacing_jitter_s,
-        ),
+        [app_lane(app, settings, http) for app in apps],
         metrics or Metrics(),
         memory=RecallMemory(max_entries=settings.memory_max_entries),
         on_settled=on_settled,
@@ -103,27 +95,47 @@ def build_worker(
 
 
 async def run_worker(settings: Settings) -> None:
-    """`tim-recall run`: the worker and its HTTP endpoints until SIGTERM or SIGINT."""
+    """`tim-recall run`: the worker and its HTTP endpoints until SIGTERM or SIGINT; SIGHUP or a
+    change of RECALL_APPS_FILE reloads the apps."""
     log = structlog.get_logger()
     tracing.configure_from_env()  # OTEL_*: spans per delivery and call (extra tim-recall[otel])
-    async with make_http_client(settings.connect_timeout_s, settings.read_timeout_s) as http:
-        worker = build_worker(settings, http)
+    apps = fleet_apps(settings)
+    # One keep-alive pool for every lane: a few connections per API host in use at once.
+    pool = min(max(4, len(apps)), MAX_HTTP_CONNECTIONS)
+    async with make_http_client(
+        settings.connect_timeout_s, settings.read_timeout_s, connections=pool
+    ) as http:
+        worker = build_worker(settings, http, apps=apps)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _stopper(worker, sig))
+        reloader = AppsReloader(worker, settings, http, apps)
         async with contextlib.AsyncExitStack() as stack:
+            if settings.apps_file is not None:
+                loop.add_signal_handler(signal.SIGHUP, reloader.request)
+                stack.push_async_callback(reloader.stop)
+                reloader.start()
             if settings.http_port:
-                app = health_app(worker.metrics, worker.readiness, worker.liveness, worker.progress)
+                app = health_app(
+                    worker.metrics,
+                    worker.readiness,
+                    worker.liveness,
+                    worker.progress,
+                    apps=worker.apps,
+                )
                 url = await stack.enter_async_context(
                     serve_app(app, settings.http_host, settings.http_port)
                 )
                 log.info("http_endpoints_serving", url=url)
             log.info(
                 "worker_starting",
-                queue=settings.queue,
+                apps=len(apps),
+                queues=sorted({a.queue for a in apps})[:10],
                 dead_letter_queue=settings.dead_letter_queue,
                 results_stream=settings.results_stream,
-                api=settings.api_base_url,
+                exchange=settings.exchange,
+                replica_id=settings.replica_id,
+                api=sorted({a.api_base_url for a in apps})[:10],
                 interval_s=settings.interval_s,
             )
             await worker.run()

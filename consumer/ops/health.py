@@ -19,6 +19,8 @@ def health_app(
     ready: Callable[[], dict[str, bool]],
     live: Callable[[], dict[str, bool]] = dict,
     details: Callable[[], dict[str, Any]] = dict,
+    *,
+    apps: Callable[[], list[dict[str, Any]]] = list,
 ) -> Starlette:
     """The operator endpoints; `ready` and `live` report each condition by name, `details`
     what /readyz shows beside them (the age of the delivery in hand and of the last settle)."""
@@ -38,6 +40,10 @@ def health_app(
         body = {"ready": ok, **checks, **details()}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    async def apps_endpoint(_: Request) -> Response:
+        # Each app served here: active or standby, halted and why.
+        return JSONResponse({"apps": apps()})
+
     async def metrics_endpoint(_: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -45,6 +51,7 @@ def health_app(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/apps", apps_endpoint),
             Route("/metrics", metrics_endpoint),
         ]
     )

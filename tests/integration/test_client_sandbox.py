@@ -182,7 +182,7 @@ async def test_no_usersig_or_secret_key_in_any_log_event(
                 await broker.publish({"TaskId": task_id, "OfflinePushInfo": OVERWRITE})
             await running.wait_settled(3)
             key_file.write_text("wrong-key-" + "x" * 20)
-            running.worker._client.renew_usersig()
+            next(iter(running.worker.lanes.values())).client.renew_usersig()
             await broker.publish({"TaskId": sandbox.create_task(), "OfflinePushInfo": OVERWRITE})
             await wait_until(lambda: running.worker.halted, 10, "a halt")
     names = {e["event"] for e in events}

@@ -72,7 +72,9 @@ async def test_metrics_follow_a_recall_a_retry_a_dead_letter_and_a_halt(
         assert sample(m, "tim_recall_last_recall_timestamp_seconds") >= now.timestamp()
         assert sample(m, "tim_recall_active") == 1
         key_file.write_text("a-wrong-key")
-        running.worker._client.renew_usersig()  # as the daily renewal would pick it up
+        next(
+            iter(running.worker.lanes.values())
+        ).client.renew_usersig()  # as the daily renewal would pick it up
         await broker.publish({"TaskId": sandbox.create_task(), "OfflinePushInfo": OVERWRITE})
         await wait_until(lambda: sample(m, "tim_recall_halted") == 1, 10, "halted gauge")
         assert sample(m, "tim_recall_api_calls_total", code="70003") >= 1

@@ -61,11 +61,14 @@ async def test_a_complete_rebuild_remembers_what_each_event_means(broker: Broker
     report = await rebuild_memory(broker.connection, broker.names.results, memory, now)
     assert report.complete
     assert (report.events, report.entries, report.error, report.evicted) == (5, 6, None, 0)
-    assert memory.recalled_at("T-recalled", now) is not None
-    assert memory.expired_at("T-expired", now) is not None
-    assert memory.recalled_at("T-old", now) is None
-    assert all(memory.was_told(lineage, now) for lineage in ("L1", "L2", "flood-0", "flood-1"))
-    assert not memory.was_told("stale", now)
+    assert memory.for_app(None).recalled_at("T-recalled", now) is not None
+    assert memory.for_app(None).expired_at("T-expired", now) is not None
+    assert memory.for_app(None).recalled_at("T-old", now) is None
+    assert all(
+        memory.for_app(None).was_told(lineage, now)
+        for lineage in ("L1", "L2", "flood-0", "flood-1")
+    )
+    assert not memory.for_app(None).was_told("stale", now)
     assert report.sizes == {
         "told_local": 2,
         "expired_local": 0,
@@ -87,9 +90,9 @@ async def test_the_ceiling_holds_while_reading_and_keeps_the_recalls(broker: Bro
     assert report.events == 2003
     assert report.entries == len(memory) == 100
     assert report.evicted == 2006 - 100
-    assert all(memory.recalled_at(f"R{i}", now) is not None for i in range(3))
-    assert memory.was_told("flood-1999", now)  # the newest refusals are kept
-    assert not memory.was_told("flood-0", now)
+    assert all(memory.for_app(None).recalled_at(f"R{i}", now) is not None for i in range(3))
+    assert memory.for_app(None).was_told("flood-1999", now)  # the newest refusals are kept
+    assert not memory.for_app(None).was_told("flood-0", now)
 
 
 async def test_the_budget_stops_the_read_and_says_so(broker: Broker) -> None:
@@ -139,6 +142,6 @@ async def test_a_stream_that_takes_no_marker_is_read_until_idle(
         )
     assert report.complete, report
     assert report.events == 2
-    assert memory.recalled_at("T1", now) is not None
+    assert memory.for_app(None).recalled_at("T1", now) is not None
     assert [e["event"] for e in captured] == ["results_marker_unwritable"]
     assert set(report.sizes) == set(RANKS)

@@ -11,21 +11,25 @@ Not a broker: only what `Settler`, `Worker`, `topology.declare`, `stream.write_m
   next publishes to a queue can be made to be nacked, to hang, or to lose the connection before
   or after the broker takes them (`fail_next`); so can the next acks of a queue's deliveries.
 - A queue holds messages in order. Its first consumer (single active consumer) gets them up to
-  its channel's prefetch, as real `aio_pika.IncomingMessage`s whose properties went through
-  pamqp's own encoding (headers and timestamps come back as a broker sends them). `ack`,
-  `reject(requeue=True)` and a closed or lost channel act on the queue: what a channel held
-  unacked goes back to the queue's head, redelivered, and a quorum queue counts it in
-  `x-delivery-count`. A consumer callback runs in a task of its own, cancelled when its channel
-  closes, as aiormq runs it.
+  its prefetch (per consumer, as RabbitMQ applies basic.qos without `global`), as real
+  `aio_pika.IncomingMessage`s whose properties went through pamqp's own encoding (headers and
+  timestamps come back as a broker sends them). `ack`, `reject(requeue=True)` and a closed or
+  lost channel act on the queue: what a channel held unacked goes back to the queue's head,
+  redelivered, and a quorum queue counts it in `x-delivery-count`. A consumer callback runs in a
+  task of its own, cancelled when its channel closes, as aiormq runs it.
 - A stream (`x-queue-type: stream`) keeps every message and serves an aiormq-level consumer
-  (`get_underlay_channel().basic_consume`) from an `x-stream-offset` timestamp, as the memory
-  rebuild reads the results stream.
+  (`get_underlay_channel().basic_consume`) from an `x-stream-offset` (a timestamp, an offset,
+  `first`, `next`), each delivery with its `x-stream-offset` header, as the memory follower
+  reads the results stream.
 
 The broker's own hand: `delete_queue` cancels the queue's consumers (basic.cancel, told to the
 channel's `on_consumer_cancel_callbacks`); `close_channel_of` closes a consumer's channel as a
 consumer timeout does (its `close_callbacks` are told), the connection left open.
 
-Not modelled: exchanges other than the default one, round-robin among consumers, the delivery
+Direct exchanges are modelled as far as bindings go (`declare_exchange`, `queue.bind`, a publish
+routed by its key, returned when no queue is bound); consumer priorities are taken and ignored.
+
+Not modelled: other exchange types, round-robin among consumers, the delivery
 limit and the broker's own dead-lettering, TTLs, `basic.get`, `nack` of a delivery (the code
 under test never nacks one), heartbeats (`fence.silent_for` reads 0 here) and credit flow on
 streams.
@@ -154,6 +158,7 @@ class AmqpDouble:
         # Exceptions that escaped a consumer callback (aiormq would only log them).
         self.callback_errors: list[BaseException] = []
         self._queues: dict[str, _Queue] = {}
+        self.bindings: dict[tuple[str, str], set[str]] = {}  # (exchange, routing key): queues
         self._rules: dict[tuple[str, str], list[_Rule]] = {}
         self._clock = clock
 
@@ -223,6 +228,8 @@ class AmqpDouble:
         cancelled by the broker (basic.cancel, which aiormq hands to the channel's
         `on_consumer_cancel_callbacks`), their channels stay open."""
         queue = self._queues.pop(name)
+        for bound in self.bindings.values():
+            bound.discard(name)
         for consumer in list(queue.consumers):
             consumer.channel.consumers.pop(consumer.tag, None)
             consumer.channel.broker_cancelled(consumer.tag)
@@ -321,18 +328,24 @@ class AmqpDouble:
             for consumer in list(queue.consumers):
                 while consumer.position < len(queue.messages):
                     consumer.position += 1
-                    self._deliver(consumer, queue, queue.messages[consumer.position - 1])
+                    offset = consumer.position - 1
+                    self._deliver(consumer, queue, queue.messages[offset], offset=offset)
             return
-        while queue.messages and queue.consumers and queue.consumers[0].channel.has_room():
+        while queue.messages and queue.consumers and queue.consumers[0].channel.has_room(queue):
             self._deliver(queue.consumers[0], queue, queue.messages.popleft())
 
-    def _deliver(self, consumer: _Consumer, queue: _Queue, held: Held) -> None:
+    def _deliver(
+        self, consumer: _Consumer, queue: _Queue, held: Held, *, offset: int | None = None
+    ) -> None:
         channel = consumer.channel
         tag = channel.hold(queue, held)
         properties = held.properties
         if queue.quorum and held.returns:  # decoded already: only the broker's count is added
             properties = copy.copy(properties)
             properties.headers = {**(properties.headers or {}), DELIVERY_COUNT: held.returns}
+        if offset is not None:  # a stream tells each delivery its offset
+            properties = copy.copy(properties)
+            properties.headers = {**(properties.headers or {}), "x-stream-offset": offset}
         delivered = DeliveredMessage(
             delivery=spec.Basic.Deliver(consumer.tag, tag, held.redelivered, "", queue.name),
             header=ContentHeader(0, len(held.body), properties),
@@ -480,6 +493,13 @@ class DoubleChannel:
             raise
         return DoubleQueue(self, queue)
 
+    async def declare_exchange(
+        self, name: str, type: Any = "direct", *, durable: bool = False
+    ) -> DoubleNamedExchange:
+        """Declare a direct exchange (idempotent)."""
+        self._check_open()
+        return DoubleNamedExchange(self, name)
+
     async def get_underlay_channel(self) -> DoubleChannel:
         """The aiormq-level channel: this one."""
         self._check_open()
@@ -519,23 +539,32 @@ class DoubleChannel:
         consumer = self._subscribe(target, consumer_callback, raw=True)
         if target.stream:
             offset = (arguments or {}).get("x-stream-offset")
-            if not isinstance(offset, datetime):
-                raise NotImplementedError("the double reads a stream from a timestamp only")
-            since = offset.timestamp()
-            consumer.position = next(
-                (i for i, held in enumerate(target.messages) if held.appended_at >= since),
-                len(target.messages),
-            )
+            if isinstance(offset, datetime):
+                since = offset.timestamp()
+                consumer.position = next(
+                    (i for i, held in enumerate(target.messages) if held.appended_at >= since),
+                    len(target.messages),
+                )
+            elif isinstance(offset, int) and not isinstance(offset, bool):
+                consumer.position = min(max(offset, 0), len(target.messages))
+            elif offset == "first":
+                consumer.position = 0
+            elif offset in ("next", "last"):
+                consumer.position = len(target.messages)
+            else:
+                raise NotImplementedError(f"the double reads no stream from {offset!r}")
         self.broker._dispatch(target)
         return spec.Basic.ConsumeOk(consumer.tag)
 
     # ---- the broker's side -----------------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        """Whether the prefetch allows one more delivery."""
-        return not self.is_closed and (
-            self.prefetch_count == 0 or len(self.unacked_tags) < self.prefetch_count
-        )
+    def has_room(self, queue: _Queue) -> bool:
+        """Whether the prefetch allows one more delivery of `queue`: RabbitMQ's prefetch is per
+        consumer (basic.qos without `global`), and a queue has one active consumer here."""
+        if self.is_closed:
+            return False
+        held = sum(1 for q, _ in self.unacked_tags.values() if q is queue)
+        return self.prefetch_count == 0 or held < self.prefetch_count
 
     def hold(self, queue: _Queue, held: Held) -> int:
         """Record a delivery of `held`; its delivery tag."""
@@ -577,8 +606,10 @@ class DoubleChannel:
         for task in list(self._tasks):
             task.cancel()
 
-    def _subscribe(self, queue: _Queue, callback: Callback, *, raw: bool) -> _Consumer:
-        consumer = _Consumer(f"ctag.{uuid.uuid4().hex[:12]}", self, callback, raw)
+    def _subscribe(
+        self, queue: _Queue, callback: Callback, *, raw: bool, tag: str | None = None
+    ) -> _Consumer:
+        consumer = _Consumer(tag or f"ctag.{uuid.uuid4().hex[:12]}", self, callback, raw)
         queue.consumers.append(consumer)
         self.consumers[consumer.tag] = _Subscription(consumer, queue)
         return consumer
@@ -603,6 +634,28 @@ class DoubleExchange:
         return await self._channel.broker._publish(self._channel, message, routing_key, mandatory)
 
 
+class DoubleNamedExchange:
+    """A durable direct exchange: routes a publish to the queues bound with its routing key."""
+
+    def __init__(self, channel: DoubleChannel, name: str) -> None:
+        self.name = name
+        self._channel = channel
+
+    async def publish(
+        self, message: aio_pika.Message, routing_key: str, *, mandatory: bool = True
+    ) -> spec.Basic.Ack | None:
+        """Publish to every bound queue; with none and `mandatory`, returned (PublishError)."""
+        queues = sorted(self._channel.broker.bindings.get((self.name, routing_key), ()))
+        if not queues:  # the default exchange's path returns it: a name no queue has
+            return await self._channel.broker._publish(
+                self._channel, message, f"\x00unbound:{routing_key}", mandatory
+            )
+        ack = None
+        for queue in queues:
+            ack = await self._channel.broker._publish(self._channel, message, queue, mandatory)
+        return ack
+
+
 class DoubleQueue:
     """A declared queue, as aio-pika's `Queue`: consume and cancel."""
 
@@ -611,12 +664,25 @@ class DoubleQueue:
         self._channel = channel
         self._queue = queue
 
-    async def consume(self, callback: Callback) -> str:
-        """Register `callback` for deliveries (each an `IncomingMessage`); its consumer tag."""
+    async def consume(
+        self,
+        callback: Callback,
+        *,
+        arguments: dict[str, Any] | None = None,
+        consumer_tag: str | None = None,
+    ) -> str:
+        """Register `callback` for deliveries (each an `IncomingMessage`); its consumer tag.
+        `arguments` (a consumer priority) are taken and ignored: the first subscriber stays
+        the active one, as on RabbitMQ 3.x."""
         self._channel._check_open()
-        consumer = self._channel._subscribe(self._queue, callback, raw=False)
+        consumer = self._channel._subscribe(self._queue, callback, raw=False, tag=consumer_tag)
         self._channel.broker._dispatch(self._queue)
         return consumer.tag
+
+    async def bind(self, exchange: DoubleNamedExchange, routing_key: str) -> None:
+        """Bind the queue to a direct exchange with `routing_key`."""
+        self._channel._check_open()
+        self._channel.broker.bindings.setdefault((exchange.name, routing_key), set()).add(self.name)
 
     async def cancel(self, consumer_tag: str) -> None:
         """Cancel a consumer; what it holds unacked stays held (as `basic.cancel` leaves it)."""

@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-import consumer.core.worker as worker_module
+import consumer.core.verdict as verdict_module
 from consumer.core.metrics import Metrics
 from consumer.core.settings import Settings, load_settings
 from consumer.core.worker import Worker
+from consumer.ops.reload import AppsReloader
 from consumer.sandbox import Sandbox
 from schemas.events import ResultEvent
 from schemas.recall import RecallRequest, parse_request
@@ -55,6 +56,12 @@ class RunningWorker:
     worker: Worker
     settled: list[ResultEvent]
     metrics: Metrics
+    reloader: AppsReloader | None = None
+
+    async def reload_apps(self) -> None:
+        """Read RECALL_APPS_FILE again now, as SIGHUP does."""
+        assert self.reloader is not None
+        await self.reloader.reload()
 
     def outcomes(self) -> dict[str | None, tuple[str, int]]:
         return {e.message_id: (e.outcome, e.error_code) for e in self.settled}
@@ -153,5 +160,5 @@ def raising_for(monkeypatch: pytest.MonkeyPatch, task_id: str, times: int) -> li
             raise RuntimeError("a bug for this body")
         return parse_request(raw, max_bytes)
 
-    monkeypatch.setattr(worker_module, "parse_request", parse)
+    monkeypatch.setattr(verdict_module, "parse_request", parse)
     return raised

@@ -65,7 +65,7 @@ def resolve(doc: dict[str, Any], ref: str) -> Any:
 def test_the_document_is_valid_asyncapi_3(doc: dict[str, Any]) -> None:
     parsed = AsyncAPI3.model_validate(doc)
     assert parsed.asyncapi == "3.0.0"
-    assert set(doc["channels"]) == {"recall", "results", "reply", "deadLetters"}
+    assert set(doc["channels"]) == {"app", "recall", "results", "reply", "deadLetters"}
 
 
 @pytest.mark.parametrize(
@@ -155,3 +155,17 @@ def test_tim_recall_schema_asyncapi_prints_it_for_the_configured_queues() -> Non
     assert printed["channels"]["deadLetters"]["address"] == "q.recall.dead"
     both = CliRunner().invoke(main, ["schema", "--asyncapi", "--event"])
     assert both.exit_code == 2
+
+
+def test_requests_are_routed_by_app_through_the_fleets_exchange(doc: dict[str, Any]) -> None:
+    app = doc["channels"]["app"]
+    assert app["address"] == "{sdkappid}"
+    assert "sdkappid" in app["parameters"]
+    exchange = app["bindings"]["amqp"]["exchange"]
+    assert (exchange["name"], exchange["type"]) == ("tim-recall", "direct")
+    assert app["bindings"]["amqp"]["is"] == "routingKey"
+    assert doc["operations"]["receiveRecallRequestForApp"]["channel"]["$ref"] == "#/channels/app"
+    event = doc["components"]["schemas"]["ResultEvent"]
+    assert "sdkappid" in event["properties"]
+    dead = doc["components"]["messages"]["DeadLetter"]["headers"]["properties"]["headers"]
+    assert "x-recall-sdkappid" in dead["required"]

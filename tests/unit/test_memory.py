@@ -52,9 +52,9 @@ def test_window_of_24_hours() -> None:
 def test_told_is_keyed_on_the_lineage_not_the_message_id() -> None:
     memory = RecallMemory()
     memory.remember_event(event("dead_lettered", 90053, lineage="L-dead"), NOW)
-    assert memory.was_told("L-dead", NOW)
-    assert not memory.was_told("L-replay", NOW)
-    assert memory.recalled_at("T", NOW) is None
+    assert memory.for_app(None).was_told("L-dead", NOW)
+    assert not memory.for_app(None).was_told("L-replay", NOW)
+    assert memory.for_app(None).recalled_at("T", NOW) is None
 
 
 def test_an_event_without_a_lineage_records_no_told_entry() -> None:
@@ -67,17 +67,17 @@ def test_an_event_without_a_lineage_records_no_told_entry() -> None:
 def test_a_90052_is_remembered_like_a_recall(source: str, rank: str) -> None:
     memory = RecallMemory()
     memory.remember_event(event("dead_lettered", 90052, source, task_id="gone"), NOW)
-    assert memory.expired_at("gone", NOW + 10) == NOW
-    assert memory.recalled_at("gone", NOW + 10) is None
+    assert memory.for_app(None).expired_at("gone", NOW + 10) == NOW
+    assert memory.for_app(None).recalled_at("gone", NOW + 10) is None
     assert memory.sizes()[rank] == 1
-    assert memory.expired_at("gone", NOW + DAY + 1) is None
+    assert memory.for_app(None).expired_at("gone", NOW + DAY + 1) is None
 
 
 def test_other_dead_letters_remember_no_task_id() -> None:
     memory = RecallMemory()
     memory.remember_event(event("dead_lettered", 90049, task_id="unknown"), NOW)
-    assert memory.expired_at("unknown", NOW) is None
-    assert memory.recalled_at("unknown", NOW) is None
+    assert memory.for_app(None).expired_at("unknown", NOW) is None
+    assert memory.for_app(None).recalled_at("unknown", NOW) is None
     assert len(memory) == 1  # the told lineage
 
 
@@ -108,8 +108,9 @@ def test_a_flood_of_refusals_never_evicts_a_recall_while_refusals_remain() -> No
     assert all(memory.expired_at(f"expired-{i}", later) == NOW for i in range(100))
     assert len(memory) == 1000
     assert memory.sizes()["told_local"] == 700
-    assert memory.was_told("flood-99999", later)  # the newest refusals are the ones kept
-    assert not memory.was_told("flood-0", later)
+    flood = memory.for_app(None)
+    assert flood.was_told("flood-99999", later)  # the newest refusals are the ones kept
+    assert not memory.for_app(None).was_told("flood-0", later)
     assert memory.evicted == {**dict.fromkeys(RANKS, 0), "told_local": 100_000 - 700}
 
 
@@ -147,3 +148,18 @@ def test_clear_forgets_entries_but_keeps_the_counts() -> None:
     assert len(memory) == 0
     assert memory.evicted["told"] == 1
     assert memory.approx_bytes() == 0
+
+
+def test_each_app_has_its_own_keys_and_an_unnamed_event_is_the_default_apps() -> None:
+    memory = RecallMemory(default_app=1400000001)
+    a, b = memory.for_app(1400000001), memory.for_app(1400000002)
+    memory.remember_event(
+        event(task_id="same", lineage="L").model_copy(update={"sdkappid": 1400000002}), NOW
+    )
+    assert b.recalled_at("same", NOW) == NOW
+    assert b.was_told("L", NOW)
+    assert a.recalled_at("same", NOW) is None  # the same TaskId in another app is another task
+    assert not a.was_told("L", NOW)
+    memory.remember_event(event(task_id="old", lineage="L-old"), NOW)  # written before apps
+    assert a.recalled_at("old", NOW) == NOW
+    assert b.recalled_at("old", NOW) is None

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import consumer.core.settle as settle_module
-import consumer.core.worker as worker_module
+import consumer.core.verdict as verdict_module
 from consumer.core.client import RevokeClient
 from consumer.core.envelope import message_generation, read_envelope, republish_message
 from consumer.core.identity import lineage_of
@@ -34,7 +34,7 @@ from consumer.core.settings import load_settings
 from consumer.core.stream import RESULT_TYPE, result_message
 from consumer.core.topology import Topology
 from consumer.core.usersig import UserSigCache
-from consumer.core.worker import Worker
+from consumer.core.worker import AppLane, Worker
 from consumer.ops.app import worker_config
 from consumer.sandbox import Sandbox, SandboxConfig
 from schemas.events import (
@@ -124,10 +124,10 @@ async def running(broker: AmqpDouble, sandbox: Sandbox, **overrides: Any) -> Asy
     settled: list[ResultEvent] = []
     transport = httpx.ASGITransport(app=sandbox.app())
     async with httpx.AsyncClient(transport=transport) as http:
+        client = RevokeClient(http, settings.api_base_url, sdkappid, settings.identifier, usersigs)
         worker = Worker(
             worker_config(settings),
-            RevokeClient(http, settings.api_base_url, sdkappid, settings.identifier, usersigs),
-            Pacer(settings.interval_s),
+            [AppLane(sdkappid, client, Pacer(settings.interval_s))],
             Metrics(),
             memory=RecallMemory(),
             on_settled=settled.append,
@@ -673,7 +673,8 @@ async def test_halted_again_is_judged_on_the_request(
         headers[H_HALTED_AT] = round((now - halted_s_ago) * 1000)
     broker.put(Q, body(task_id), headers=headers)
     async with running(broker, sandbox, halt_probe_initial_s=30) as run:
-        run.worker._probe_passed_at = now - probe_passed_s_ago  # an earlier resume of ours
+        (lane,) = run.worker.lanes.values()
+        lane._probe_passed_at = now - probe_passed_s_ago  # an earlier resume of ours
         if dead_lettered:
             await run.wait_settled(1)
         else:
@@ -742,9 +743,10 @@ async def test_readiness_reports_a_delivery_held_too_long(
         await until(lambda: len(sandbox.revoke_calls()) == 1, "the call")
         assert run.worker.readiness()["progressing"]
         assert (run.worker.progress()["in_hand_s"] or 0) > 0
-        run.worker._stuck_after_s = 0.0  # as if the delivery had been held past its budget
+        (lane,) = run.worker.lanes.values()
+        lane._stuck_after_s = 0.0  # as if the delivery had been held past its budget
         assert not run.worker.readiness()["progressing"]
-        run.worker._stuck_after_s = 600.0
+        lane._stuck_after_s = 600.0
         await run.wait_settled(1)
         assert run.worker.progress()["in_hand_s"] is None
         assert run.worker.progress()["since_last_settle_s"] is not None
@@ -862,7 +864,7 @@ async def test_no_header_or_property_stalls_the_queue(
             broker.put(Q, body(task_id), headers=headers, foreign_headers=foreign, **properties)
         )
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(worker_module, "parse_request", raising_once(raising))
+        patch.setattr(verdict_module, "parse_request", raising_once(raising))
         await _drain_all(broker, sandbox, ids)
 
 

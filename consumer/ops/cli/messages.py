@@ -278,7 +278,9 @@ def schema(event: bool, asyncapi: bool) -> None:
         raise click.UsageError("--event or --asyncapi, not both")
     if asyncapi:
         settings = load_settings()
-        doc = asyncapi_document(settings.queue, settings.dead_letter_queue, settings.results_stream)
+        doc = asyncapi_document(
+            settings.queue, settings.dead_letter_queue, settings.results_stream, settings.exchange
+        )
     else:
         doc = result_event_json_schema() if event else request_json_schema()
     click.echo(json.dumps(doc, indent=2))
