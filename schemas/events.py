@@ -108,6 +108,30 @@ class ResultEvent(BaseModel):
         return self.model_dump_json().encode()
 
 
+LaneState = Literal["active", "halted", "resumed", "stopped"]
+
+
+class LaneEvent(BaseModel):
+    """A replica's lane for one app changed state (on the results stream, for `tim-recall apps`:
+    who serves each app, and whether it is halted and why)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="RecallLaneEvent")
+
+    sdkappid: int
+    replica: str
+    state: LaneState = Field(
+        description="active: this replica took the app's queue over (its first delivery); "
+        "halted: the app's configuration is refused (reason says why); resumed: a probe "
+        "passed; stopped: the replica stopped serving the app."
+    )
+    reason: str | None = None
+    at: datetime
+
+    def to_json_bytes(self) -> bytes:
+        """The record as the UTF-8 JSON published to the stream."""
+        return self.model_dump_json().encode()
+
+
 def result_event_json_schema() -> dict[str, Any]:
     """The JSON Schema of the results event, for subscribers."""
     return ResultEvent.model_json_schema()

@@ -119,6 +119,22 @@ def single_app(settings: Settings) -> App:
 
 def load_apps(path: Path, settings: Settings) -> list[App]:
     """The apps of `path`; AppsFileError (one line, naming the entry and field) if unusable."""
+    entries = read_entries(path)
+    return [_resolve(entry, index, settings, path) for index, entry in enumerate(entries)]
+
+
+def app_queues(settings: Settings) -> list[tuple[int, str]]:
+    """Each app's SDKAppID and queue, without reading any key (for operators' commands)."""
+    if settings.apps_file is None:
+        return [(settings.require_sdkappid(), settings.queue)]
+    return [
+        (e.sdkappid, e.queue or f"{settings.queue}.{e.sdkappid}")
+        for e in read_entries(settings.apps_file)
+    ]
+
+
+def read_entries(path: Path) -> list[AppEntry]:
+    """The entries of the file at `path`, checked (keys not read)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -131,8 +147,7 @@ def load_apps(path: Path, settings: Settings) -> list[App]:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise AppsFileError(f"RECALL_APPS_FILE {path}: not YAML{at}") from None
-    entries = parse_apps(doc, path)
-    return [_resolve(entry, index, settings, path) for index, entry in enumerate(entries)]
+    return parse_apps(doc, path)
 
 
 def parse_apps(doc: Any, path: Path | str = "RECALL_APPS_FILE") -> list[AppEntry]:

@@ -96,6 +96,13 @@ class ResultsFollower:
         except TimeoutError:
             return False
 
+    async def append(self, message: aio_pika.Message) -> None:
+        """Append a record of the fleet's own to the stream (confirmed), through the follower's
+        writer (a channel that publishes only to the stream)."""
+        if self._writer is None:
+            raise RuntimeError("not following the stream")
+        await asyncio.wait_for(self._writer.publish(message), MARKER_WRITE_S)
+
     async def _write_markers(self) -> None:
         # Callers that arrive while a marker is on its way wait for the next one: a marker
         # proves only what was published before it was written.

@@ -32,6 +32,7 @@ from consumer.core.recaller import Recaller, RetryRules
 from consumer.core.settle import Journal, Settled, Settler, Step
 from consumer.core.topology import Topology
 from consumer.core.verdict import Verdict, before_call, decide, halting, local, no_call
+from schemas.events import LaneState
 
 STUCK_MARGIN_S = 120.0  # settle steps retried, a slot waited for: beyond this, not progressing
 
@@ -70,6 +71,9 @@ class LaneHost(Protocol):
 
     async def caught_up(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait until the memory holds what was told before now."""
+
+    def announce(self, lane: Lane, state: LaneState, reason: str | None = None) -> None:
+        """Record the lane's new state on the results stream, in the background."""
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,7 @@ class Lane:
         # A chain the replica before us told just before it died must be in the memory.
         current = await self._host.caught_up(self.config.takeover_budget_s)
         recalled = self.memory.memory.sizes().get("recalled", 0)
+        self._host.announce(self, "active")
         if current:
             self.log.info("lane_taken_over", recalled=recalled)
         else:  # the API still answers 90050 for a duplicate: a warning, not a stop
@@ -413,6 +418,7 @@ class Lane:
             reason=verdict.reason,
             hint="check the app's SDKAppID, identifier, SecretKey, region or base URL",
         )
+        self._host.announce(self, "halted", self.halt_reason)
         # Probing starts first: /healthz counts a halted lane without a probe as dead.
         self._probe.start(self._resume, self._stopping)
         # The halting answer refused the call: it cannot have recalled anything.
@@ -427,4 +433,5 @@ class Lane:
         self.halt_reason = None
         self._probe_passed_at = self._clock()
         self._observer.halted(self.app, False)
+        self._host.announce(self, "resumed")
         self.log.info("worker_resumed")

@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,7 +34,9 @@ from consumer.core.metrics import Metrics
 from consumer.core.nodes import Connect, NoNodeReachable, connect_first, node_of, split_urls
 from consumer.core.pacing import sleep_unless_set
 from consumer.core.settle import SETTLE_ERRORS, Settler
+from consumer.core.stream import lane_message
 from consumer.core.topology import Topology, declare_fleet
+from schemas.events import LaneEvent, LaneState
 
 if TYPE_CHECKING:
     from consumer.core.lane import Lane
@@ -112,6 +115,24 @@ class Session:
     async def caught_up(self, timeout: float) -> bool:  # noqa: ASYNC109 (a lane's budget)
         """Wait until the memory holds what every replica told before now."""
         return await self.follower.caught_up(timeout)
+
+    def announce(self, lane: Lane, state: LaneState, reason: str | None = None) -> None:
+        """Record on the results stream that this replica's lane for an app changed state (for
+        `tim-recall apps`), in the background: it never holds a delivery up."""
+        event = LaneEvent(
+            sdkappid=lane.app,
+            replica=self.config.replica_id,
+            state=state,
+            reason=reason,
+            at=datetime.now(UTC),
+        )
+        self._spawn(self._append(lane, event), f"announce-{lane.app}")
+
+    async def _append(self, lane: Lane, event: LaneEvent) -> None:
+        try:
+            await self.follower.append(lane_message(event))
+        except (*SETTLE_ERRORS, TimeoutError) as exc:
+            lane.log.warning("lane_state_unrecorded", state=event.state, error=type(exc).__name__)
 
     async def subscribe(self, lane: Lane) -> None:
         """Consume the lane's queue, with its priority, on a channel with room for it."""

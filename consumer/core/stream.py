@@ -16,10 +16,11 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
-from schemas.events import ResultEvent
+from schemas.events import LaneEvent, ResultEvent
 
 RESULT_TYPE = "tim-recall.result"
 MARKER_TYPE = "tim-recall.marker"  # written by a reader to know where "now" is in the stream
+LANE_TYPE = "tim-recall.lane"  # a replica's lane for an app changed state (schemas.LaneEvent)
 
 CLOSE_TIMEOUT_S = 10.0  # closing a writer's channel that failed, in the background
 Offset = str | int | datetime  # "first", "last", "next", an offset, or a timestamp
@@ -35,6 +36,17 @@ def result_message(event: ResultEvent) -> aio_pika.Message:
         message_id=event.message_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         timestamp=event.settled_at,
+    )
+
+
+def lane_message(event: LaneEvent) -> aio_pika.Message:
+    """The AMQP message of one lane state record."""
+    return aio_pika.Message(
+        body=event.to_json_bytes(),
+        content_type="application/json",
+        type=LANE_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=event.at,
     )
 
 
@@ -57,10 +69,30 @@ async def read_results(
     idle_timeout: float = 10.0,
     prefetch: int = 500,
 ) -> AsyncIterator[ResultEvent]:
-    """Yield results events from `offset`: up to now (a marker we write), or forever with `follow`.
+    """Yield results events from `offset`: up to now (a marker we write), or forever with `follow`
+    (see `read_stream`)."""
+    async for message in read_stream(
+        connection, stream, offset, follow=follow, idle_timeout=idle_timeout, prefetch=prefetch
+    ):
+        event = parse_result(message)
+        if event is not None:
+            yield event
+
+
+async def read_stream(
+    connection: AbstractConnection,
+    stream: str,
+    offset: Offset,
+    *,
+    follow: bool = False,
+    idle_timeout: float = 10.0,
+    prefetch: int = 500,
+) -> AsyncIterator[AbstractIncomingMessage]:
+    """Yield the stream's messages (not markers) from `offset`: up to now, or forever with
+    `follow`.
 
     A stream has no end-of-data signal in AMQP 0.9.1, so the reader appends a marker first and
-    stops when it reads it back: every event published before the call is then seen. If the
+    stops when it reads it back: every message published before the call is then seen. If the
     stream takes no marker (its leader is down, a nack, no confirm in `idle_timeout`), reading
     must not depend on it: the reader then stops after `idle_timeout` with nothing new.
     """
@@ -88,11 +120,11 @@ async def read_results(
                         f"no marker back from stream {stream!r} in {idle_timeout} s"
                     ) from None
                 await message.ack()
-                if message.type == MARKER_TYPE and message.message_id == marker:
-                    return
-                event = parse_result(message)
-                if event is not None:
-                    yield event
+                if message.type == MARKER_TYPE:
+                    if message.message_id == marker:
+                        return
+                    continue
+                yield message
     finally:
         if not channel.is_closed:
             await channel.close()

@@ -237,6 +237,7 @@ class Worker:
         async with lane.busy:  # its request in hand is settled first
             await self.session.unsubscribe(lane)
             del self.lanes[sdkappid]
+        self.session.announce(lane, "stopped", "removed from RECALL_APPS_FILE")
         lane.close()
         self._observer.forget(sdkappid)
         self._log.info("app_removed", sdkappid=sdkappid)

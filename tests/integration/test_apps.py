@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from consumer.core.spread import owner
 from consumer.producer import NoSuchApp, RecallPublisher
 from consumer.sandbox import Sandbox, SandboxApp
+from tests.integration.test_cli import cli
 from tests.support.broker import OVERWRITE, Broker, Names, wait_until
 from tests.support.faults import read_all_results
 from tests.support.workers import WorkerFactory
@@ -147,3 +148,49 @@ async def test_apps_spread_over_replicas_by_priority_on_rabbitmq_4(
         assert served == expected
     else:  # 3.x ignores consumer priorities: the first subscriber of each queue stays active
         assert served[replicas[0]] == {x.sdkappid for x in apps}
+
+
+async def test_the_apps_command_shows_backlog_server_and_halts(
+    amqp_url: str,
+    apps: list[SandboxApp],
+    sandbox: Sandbox,
+    sandbox_url: str,
+    run_worker: WorkerFactory,
+    names: Names,
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    path = write_apps(tmp_path / "apps.yaml", apps[:3], sandbox_url, tmp_path)
+    exchange = f"ex-{names.queue}"
+    wrong, served, idle = apps[0], apps[1], apps[2]
+    (tmp_path / f"{wrong.sdkappid}.key").write_text("not-this-apps-key\n")
+    env = {
+        "RECALL_AMQP_URL": amqp_url,
+        "RECALL_QUEUE": names.queue,
+        "RECALL_APPS_FILE": str(path),
+        "RECALL_EXCHANGE": exchange,
+    }
+    common: dict[str, Any] = {"apps_file": path, "exchange": exchange, "replica_id": "replica-x"}
+    async with run_worker(**common) as running:
+        for app in (wrong, served):
+            async with RecallPublisher(amqp_url, app=app.sdkappid, exchange=exchange) as pub:
+                await recall(pub, sandbox, app)
+        await running.wait_settled(1)
+        await wait_until(lambda: running.worker.lanes[wrong.sdkappid].halted, 15, "the halt")
+        await asyncio.sleep(0.3)  # the lane records are appended in the background
+        code, out, err = await cli("apps", "--json", env=env)
+    assert code == 0, err
+    rows = {row["sdkappid"]: row for row in map(json.loads, out.splitlines())}
+    assert rows[wrong.sdkappid]["state"] == "halted"
+    assert "70003" in rows[wrong.sdkappid]["reason"]
+    assert rows[wrong.sdkappid]["backlog"] == 1  # handed back, waiting for the key
+    assert (rows[served.sdkappid]["state"], rows[served.sdkappid]["replica"]) == (
+        "active",
+        "replica-x",
+    )
+    assert rows[served.sdkappid]["outcomes"] == {"recalled": 1}
+    assert rows[idle.sdkappid]["state"] is None  # no delivery yet: no lane record
+    assert rows[idle.sdkappid]["consumers"] == 1  # subscribed, standing by for a delivery
+    code, out, _ = await cli("apps", env=env)
+    assert code == 0
+    assert "1 halted" in out

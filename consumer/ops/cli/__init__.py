@@ -31,10 +31,11 @@ from consumer.ops.cli.console import (
     stdout_to_devnull,
 )
 from consumer.ops.cli.dead_letters import dlq
+from consumer.ops.cli.fleet import apps
 from consumer.ops.cli.messages import publish, results, schema
 from consumer.ops.cli.runners import demo, run, sandbox
 
-TOOLS = ("publish", "results", "dlq")
+TOOLS = ("publish", "results", "dlq", "apps")
 
 
 def exit_code(error: TimRecallError) -> int:
@@ -105,5 +106,5 @@ def main(ctx: click.Context) -> None:
 
 
 # The commands are defined in their own modules, which never import this one: no import cycle.
-for _command in (run, demo, publish, sandbox, schema, results, dlq):
+for _command in (run, demo, publish, sandbox, schema, results, dlq, apps):
     main.add_command(_command)
