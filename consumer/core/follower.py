@@ -52,6 +52,7 @@ class ResultsFollower:
         self._writer: StreamWriter | None = None
         self._markers: dict[str, asyncio.Future[None]] = {}
         self._waiting: list[asyncio.Future[bool]] = []
+        self._in_flight: list[asyncio.Future[bool]] = []  # waiting for the marker on its way
         self._writing: asyncio.Task[None] | None = None
         self._unacked = 0
         self._log = structlog.get_logger().bind(stream=stream)
@@ -72,14 +73,19 @@ class ResultsFollower:
         )
 
     async def stop(self) -> None:
-        """Stop following (the connection is closing or gone)."""
+        """Stop following (the connection is closing or gone); waiting callers get False."""
         channel, self._channel = self._channel, None
+        self._writer = None
         if self._writing is not None:
             self._writing.cancel()
-        for waiting in self._waiting:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writing
+            self._writing = None
+        for waiting in [*self._in_flight, *self._waiting]:
             if not waiting.done():
                 waiting.set_result(False)
         self._waiting.clear()
+        self._in_flight = []
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*SETTLE_ERRORS):
                 await channel.close()
@@ -108,10 +114,12 @@ class ResultsFollower:
         # proves only what was published before it was written.
         while self._waiting:
             batch, self._waiting = self._waiting, []
+            self._in_flight = batch
             seen = await self._one_marker()
             for waiting in batch:
                 if not waiting.done():
                     waiting.set_result(seen)
+            self._in_flight = []
 
     async def _one_marker(self) -> bool:
         if self._writer is None:
@@ -121,8 +129,8 @@ class ResultsFollower:
         message = aio_pika.Message(b"{}", type=MARKER_TYPE, message_id=marker)
         try:
             await asyncio.wait_for(self._writer.publish(message), MARKER_WRITE_S)
-            await read
-        except (*SETTLE_ERRORS, asyncio.CancelledError) as exc:
+            await read  # the callers wait within budgets of their own; `stop` cancels this
+        except SETTLE_ERRORS as exc:
             self._log.warning("results_marker_unwritable", error=type(exc).__name__)
             return False
         finally:

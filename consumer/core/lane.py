@@ -378,11 +378,18 @@ class Lane:
 
     async def _after_failure(self, delivery: Delivery, envelope: Envelope, exc: Exception) -> None:
         """Release once; if handling raised before too, dead-letter it (local 99999)."""
+        if self._host.epoch != delivery.connection_epoch:
+            # Its connection is gone: the broker redelivers it, and the journal (kept as it is)
+            # tells the redelivery what was done.
+            delivery.log.warning("settle_abandoned_redelivery_expected", step="after_failure")
+            return
         # Whatever this copy's handling got to, it starts over; what it knew of a call stays.
         progress = self._journal.peek(delivery.key)
-        if (progress is not None and progress.called) or envelope.redelivered:
+        called = (progress is not None and progress.called) or envelope.redelivered
+        if called:
             envelope = envelope.with_call_sent()
         self._journal.close(delivery.key)
+        self._journal.open(delivery.key).called = called
         if envelope.lineage is None:  # the copy must continue this chain, whatever raised
             envelope = replace(envelope, lineage=lineage_of(envelope.generation, 0))
         try:

@@ -343,7 +343,8 @@ class Session:
         """This connection is over: every delivery it brought is void. The first delivery of
         each lane on the next one is a takeover: another replica may have been active."""
         self.epoch += 1
-        self._settler = None
+        # The settler stays: a settlement under way finds its delivery void (its epoch is over)
+        # at its next step and stops there, keeping the journal for the redelivery.
         self._channels = []
         self._by_tag.clear()
         for lane in self.lanes.values():

@@ -62,6 +62,8 @@ from pamqp import commands as spec
 from pamqp import frame as pamqp_frame
 from pamqp.header import ContentHeader
 
+from consumer.core.errors import BrokerUnavailable
+
 Op = Literal["publish", "ack", "reject", "discard", "return"]
 DELIVERY_COUNT = "x-delivery-count"
 
@@ -159,13 +161,17 @@ class AmqpDouble:
         self.callback_errors: list[BaseException] = []
         self._queues: dict[str, _Queue] = {}
         self.bindings: dict[tuple[str, str], set[str]] = {}  # (exchange, routing key): queues
+        self.down = False  # connections refused (a test's hand), as while a node restarts
         self._rules: dict[tuple[str, str], list[_Rule]] = {}
         self._clock = clock
 
     # ---- what the code under test calls --------------------------------------------------------
 
     async def connect(self, url: str = "") -> AbstractConnection:
-        """A new connection (the signature of the worker's `connect` seam; `url` is ignored)."""
+        """A new connection (the signature of the worker's `connect` seam; `url` is ignored);
+        BrokerUnavailable while `down` (a broker being restarted)."""
+        if self.down:
+            raise BrokerUnavailable("cannot reach RabbitMQ at double.test:5672: connection refused")
         connection = DoubleConnection(self)
         self.connections.append(connection)
         return cast(AbstractConnection, connection)

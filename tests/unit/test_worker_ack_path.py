@@ -916,3 +916,24 @@ async def test_a_settle_step_that_keeps_failing_is_told_before_the_delivery_limi
     assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
     returns = broker.ops(Q).count(("reject", Q))
     assert returns == limit - 1  # given back until x-delivery-count reached limit - 1, no more
+
+
+async def test_a_call_answered_while_the_broker_is_down_is_not_asked_again(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    # The broker restarts while a call is on its way: the answer comes with no connection to
+    # settle on. The journal keeps it; the redelivery after the reconnect only tells and acks.
+    task_id = sandbox.create_task()
+    sandbox.set_latency(0.3)
+    message_id = broker.put(Q, body(task_id))
+    async with running(broker, sandbox) as run:
+        await until(lambda: len(sandbox.revoke_calls()) == 1, "the call to arrive")
+        broker.down = True
+        broker.cut()
+        await asyncio.sleep(0.5)  # the answer arrives meanwhile: nothing to settle it on
+        broker.down = False
+        await run.wait_settled(1, timeout=10)
+        await until(lambda: drained(broker), "the queue to drain")
+    assert [c.code for c in sandbox.revoke_calls()] == [0]
+    assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
+    assert broker.held(DLQ) == []
