@@ -94,12 +94,12 @@ def build_worker(
     )
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, apps: list[App] | None = None) -> None:
     """`tim-recall run`: the worker and its HTTP endpoints until SIGTERM or SIGINT; SIGHUP or a
     change of RECALL_APPS_FILE reloads the apps."""
     log = structlog.get_logger()
     tracing.configure_from_env()  # OTEL_*: spans per delivery and call (extra tim-recall[otel])
-    apps = fleet_apps(settings)
+    apps = apps if apps is not None else fleet_apps(settings)
     # One keep-alive pool for every lane: a few connections per API host in use at once.
     pool = min(max(4, len(apps)), MAX_HTTP_CONNECTIONS)
     async with make_http_client(

@@ -15,7 +15,7 @@ from consumer.core.broker import QueueMissing, broker_errors, connect_any
 from consumer.core.errors import BrokerUnavailable
 from consumer.core.settings import Settings
 from consumer.core.stream import Offset, read_results
-from consumer.ops.dlq import DeadLetter
+from consumer.ops.dlq import DeadLetter, for_app, unnamed_app
 from schemas.events import ResultEvent
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -115,6 +115,7 @@ def results_rows(events: Sequence[ResultEvent]) -> list[list[object]]:
             e.attempts,
             e.correlation_id or "-",
             _short(e.error_info, 50),
+            e.sdkappid if e.sdkappid is not None else "-",
         ]
         for e in events
     ]
@@ -129,8 +130,9 @@ RESULTS_HEADERS = (
     "attempts",
     "correlation_id",
     "info",
+    "app",
 )
-DLQ_HEADERS = ("TaskId", "code", "info", "source", "attempts", "when")
+DLQ_HEADERS = ("TaskId", "code", "info", "source", "attempts", "when", "app")
 
 
 def dead_letter_row(d: DeadLetter) -> list[object]:
@@ -142,6 +144,7 @@ def dead_letter_row(d: DeadLetter) -> list[object]:
         _short(d.source, 40),
         d.attempts,
         _when(d.when),
+        d.sdkappid if d.sdkappid is not None else "-",
     ]
 
 
@@ -180,10 +183,17 @@ class Repeats:
 
 
 async def print_results(
-    settings: Settings, since: str, follow: bool, as_json: bool, correlation_id: str | None
+    settings: Settings,
+    since: str,
+    follow: bool,
+    as_json: bool,
+    correlation_id: str | None,
+    *,
+    app: int | None = None,
 ) -> None:
-    """`tim-recall results`: print events from the results stream."""
+    """`tim-recall results`: print events from the results stream (of one app, with `app`)."""
     offset = parse_since(since, datetime.now(UTC))
+    unnamed = unnamed_app(settings)
     stream = settings.results_stream
     repeats = Repeats()
     connection, url = await connect_any(settings.amqp_url.get_secret_value())
@@ -192,6 +202,8 @@ async def print_results(
             batch: list[ResultEvent] = []
             async for event in read_results(connection, stream, offset, follow=follow):
                 if correlation_id is not None and event.correlation_id != correlation_id:
+                    continue
+                if app is not None and not for_app(event.sdkappid, app, unnamed):
                     continue
                 if repeats.repeated(event):
                     continue

@@ -216,8 +216,11 @@ async def test_a_missing_queue_is_one_line_and_exit_1(
         (("dlq", "replay", "--code", "abc"), "--code"),
         (("dlq", "purge", "--code", "90053"), "--yes"),
         (("dlq", "purge", "--yes"), "--code"),
+        (("dlq", "list", "--app", "0"), "--app"),
+        (("dlq", "replay", "--app", "x"), "--app"),
         (("dlq", "frobnicate"), "frobnicate"),
         (("results", "--since", "5 weeks"), "--since"),
+        (("results", "--app", "-1"), "--app"),
         (("publish",), "--task-id"),
         (("publish", "--task-id", "t_1", "--file", "-"), "--file"),
         (("publish", "--task-id", "t_1", "--exchange", "x"), "--exchange"),
@@ -325,6 +328,43 @@ async def test_results_shows_an_event_published_twice_once(
     code, out, err = await cli("results", "--since", "1h", env=env)
     assert code == 0, err
     assert out.splitlines()[-1] == "2 event(s) since 1h, 1 published twice shown once"
+
+
+async def test_results_for_one_app(amqp_url: str, broker: Broker, names: Names) -> None:
+    await broker.declare()
+    mine, other = 1400000001, 1400000002
+    events = [
+        event(task_id="mine").model_copy(update={"sdkappid": mine}),
+        event(task_id="other").model_copy(update={"sdkappid": other}),
+        event(task_id="old"),  # written before events named their app
+    ]
+    channel = await broker.connection.channel(publisher_confirms=True)
+    try:
+        for e in events:
+            await channel.default_exchange.publish(result_message(e), routing_key=names.results)
+    finally:
+        await channel.close()
+    env = {"RECALL_AMQP_URL": amqp_url, "RECALL_QUEUE": names.queue}
+
+    async def shown(*args: str, **more: str) -> list[tuple[str, int | None]]:
+        code, out, err = await cli("results", "--since", "1h", "--json", *args, env={**env, **more})
+        assert code == 0, err
+        return [(e["task_id"], e["sdkappid"]) for e in map(json.loads, out.splitlines())]
+
+    everything = [("mine", mine), ("other", other), ("old", None)]
+    assert await shown() == everything
+    # A fleet of one (no RECALL_APPS_FILE): every old event was for its app, TIM_SDKAPPID.
+    assert await shown("--app", str(mine), TIM_SDKAPPID=str(mine)) == [everything[0], everything[2]]
+    assert await shown("--app", str(other), TIM_SDKAPPID=str(mine)) == [everything[1]]
+    assert await shown("--app", str(mine)) == [everything[0]]  # the old event's app is unknown
+    code, out, err = await cli("results", "--since", "1h", "--app", str(other), env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "app"
+    (row,) = lines[2:-1]
+    assert row.split()[2] == "other"  # after the date and time it was settled
+    assert row.split()[-1] == str(other)
+    assert lines[-1] == "1 event(s) since 1h"
 
 
 async def test_publish_for_an_app_is_routed_by_its_sdkappid_and_an_unknown_app_exits_1(

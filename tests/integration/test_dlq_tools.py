@@ -3,8 +3,9 @@
 Against the real broker: every dead letter the worker can produce (deep nesting, invalid UTF-8,
 64 KiB bodies, missing or wrong-typed headers, the broker's own dead letters) goes through
 `dlq list`, `replay` and `purge`; the order of what stays is checked by draining the queue at the
-end, including after a refused replay and after the tool is killed midway. The 100,000-message
-case is in the benchmark (bench/dlq.py).
+end, including after a refused replay and after the tool is killed midway. A fleet's dead letters
+are filtered by app and replayed each to its own app's queue. The 100,000-message case is in the
+benchmark (bench/dlq.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 
 from consumer.core.errors import TimRecallError
+from consumer.core.topology import Topology
 from consumer.ops.dlq import PREFETCH, list_dead_letters, matcher, move_dead_letters
 from consumer.sandbox import Sandbox
 from schemas.events import (
@@ -33,6 +37,7 @@ from schemas.events import (
     H_LINEAGE,
     H_RELEASES,
     H_REPLAY,
+    H_SDKAPPID,
 )
 from tests.support.broker import OVERWRITE, Broker, Names, wait_until
 from tests.support.workers import WorkerFactory
@@ -129,7 +134,7 @@ async def test_list_keeps_the_order_whatever_was_listed_before(
         assert [d["message_id"] for d in listed(out)] == original[: int(limit)]
     out = await ok(amqp_url, names, "dlq", "list", "--limit", "5")
     lines = out.splitlines()
-    assert lines[0].split() == ["TaskId", "code", "info", "source", "attempts", "when"]
+    assert lines[0].split() == ["TaskId", "code", "info", "source", "attempts", "when", "app"]
     assert lines[2].split()[:2] == ["t_0", "90053"]
     assert lines[-1] == f"5 dead letter(s) shown from {names.dead}"
     assert await ids(broker, names.dead) == original
@@ -420,3 +425,110 @@ async def test_the_functions_raise_only_the_error_tree(amqp_url: str, names: Nam
         await list_dead_letters(amqp_url, names.dead, 5)
     with pytest.raises(TimRecallError, match="does not exist"):
         await move_dead_letters(amqp_url, names.dead, None, matcher(1, None))
+
+
+APP_A, APP_B, UNSERVED = 1400000001, 1400000002, 1400000009
+KEY = "0123456789abcdef" * 4
+
+
+@pytest.fixture
+async def app_queues(broker: Broker, names: Names) -> AsyncIterator[dict[int, str]]:
+    """A queue of the test's own for each of two apps, declared as a worker declares it."""
+    queues = {app: f"{names.queue}.{app}" for app in (APP_A, APP_B)}
+    channel = await broker.connection.channel()
+    try:
+        for queue in queues.values():
+            arguments = Topology(queue, names.dead, names.results).queue_arguments()
+            await channel.declare_queue(queue, durable=True, arguments=arguments)
+    finally:
+        await channel.close()
+    try:
+        yield queues
+    finally:
+        await broker.delete(*queues.values())
+
+
+def write_apps(tmp_path: Path, queues: dict[int, str]) -> Path:
+    """An apps file (JSON is YAML) serving `queues`' apps, each from its queue."""
+    key = tmp_path / "key"
+    key.write_text(KEY + "\n")
+    path = tmp_path / "apps.yaml"
+    entries = [{"sdkappid": a, "secret_key_file": str(key), "queue": q} for a, q in queues.items()]
+    path.write_text(json.dumps({"apps": entries}))
+    return path
+
+
+def of_app(i: int, app: int | None, code: int = 90053) -> aio_pika.Message:
+    """A dead letter as the worker writes it for `app` (None: as written before they named it)."""
+    return letter(i, code) if app is None else letter(i, code, **{H_SDKAPPID: app})
+
+
+async def test_a_replay_sends_each_letter_to_its_apps_queue_and_keeps_an_unserved_apps(
+    amqp_url: str, broker: Broker, names: Names, app_queues: dict[int, str], tmp_path: Path
+) -> None:
+    await broker.declare()
+    cycle = (APP_A, APP_B, UNSERVED, None)  # None: a dead letter from before apps
+    made = [(cycle[i % 4], 90049 if i in (5, 7) else 90053) for i in range(24)]
+    original = await fill(broker, names.dead, [of_app(i, a, c) for i, (a, c) in enumerate(made)])
+    letters = [(m, a, c) for m, (a, c) in zip(original, made, strict=True)]
+    env = {"RECALL_APPS_FILE": str(write_apps(tmp_path, app_queues))}
+
+    def where(app: int | None, code: int | None = None) -> list[str]:
+        return [m for m, a, c in letters if a == app and code in (None, c)]
+
+    out = await ok(amqp_url, names, "dlq", "list", "--json", "--app", str(APP_B), env=env)
+    assert [(d["message_id"], d["sdkappid"]) for d in listed(out)] == [
+        (m, APP_B) for m in where(APP_B)
+    ]
+    table = (await ok(amqp_url, names, "dlq", "list", "--app", str(APP_B), env=env)).splitlines()
+    assert table[-1] == f"6 dead letter(s) for app {APP_B} shown from {names.dead}"
+    assert [row.split()[-1] for row in table[2:-1]] == [str(APP_B)] * 6
+
+    out = await ok(amqp_url, names, "dlq", "replay", "--app", str(APP_A), "--dry-run", env=env)
+    assert out == "6 dead letter(s) would be replayed; 18 left in place, in order\n"
+    out = await ok(amqp_url, names, "dlq", "replay", "--app", str(APP_A), env=env)
+    assert out == "6 dead letter(s) replayed; 18 left in place, in order\n"
+    assert await broker.count(app_queues[APP_B]) == 0
+
+    unserved = f"6 kept: their app is not served: {UNSERVED} (6)\n"
+    out = await ok(amqp_url, names, "dlq", "replay", "--code", "90053", "--dry-run", env=env)
+    assert out == f"10 dead letter(s) would be replayed; 8 left in place, in order; {unserved}"
+    out = await ok(amqp_url, names, "dlq", "replay", "--code", "90053", env=env)
+    assert out == f"10 dead letter(s) replayed; 8 left in place, in order; {unserved}"
+    assert await ids(broker, app_queues[APP_A]) == where(APP_A)
+    assert await ids(broker, app_queues[APP_B]) == where(APP_B, 90053)
+    # A letter naming no app goes where every replay went before apps: RECALL_QUEUE.
+    assert await ids(broker, names.queue) == where(None, 90053)
+    kept = [(m, a) for m, a, c in letters if a == UNSERVED or c == 90049]
+    out = await ok(amqp_url, names, "dlq", "list", "--json", env=env)
+    assert [(d["message_id"], d["sdkappid"]) for d in listed(out)] == kept
+
+    # With an apps file an old letter's app is unknown: --app never matches it (m-00007 stays).
+    purge = ("dlq", "purge", "--code", "90049", "--app", str(APP_B), "--yes")
+    out = await ok(amqp_url, names, *purge, env=env)
+    assert out == "1 dead letter(s) purged; 7 left in place, in order\n"
+    assert await ids(broker, names.dead) == [m for m, _ in kept if m != "m-00005"]
+
+
+async def test_a_fleet_of_ones_old_letters_are_its_apps(
+    amqp_url: str, broker: Broker, names: Names
+) -> None:
+    await broker.declare()
+    apps = [APP_A, None, APP_B, None, APP_A, APP_B]
+    original = await fill(broker, names.dead, [of_app(i, a) for i, a in enumerate(apps)])
+    env = {"TIM_SDKAPPID": str(APP_A)}  # no RECALL_APPS_FILE: the fleet of one serves APP_A
+
+    def where(*wanted: int | None) -> list[str]:
+        return [m for m, a in zip(original, apps, strict=True) if a in wanted]
+
+    out = await ok(amqp_url, names, "dlq", "list", "--json", "--app", str(APP_A), env=env)
+    assert [d["message_id"] for d in listed(out)] == where(APP_A, None)
+    out = await ok(amqp_url, names, "dlq", "list", "--json", "--app", str(APP_B), env=env)
+    assert [d["message_id"] for d in listed(out)] == where(APP_B)
+    unserved = f"2 kept: their app is not served: {APP_B} (2)\n"
+    out = await ok(amqp_url, names, "dlq", "replay", "--app", str(APP_B), env=env)
+    assert out == f"0 dead letter(s) replayed; 6 left in place, in order; {unserved}"
+    out = await ok(amqp_url, names, "dlq", "replay", env=env)
+    assert out == f"4 dead letter(s) replayed; 2 left in place, in order; {unserved}"
+    assert await ids(broker, names.queue) == where(APP_A, None)
+    assert await ids(broker, names.dead) == where(APP_B)

@@ -145,7 +145,7 @@ async def test_dlq_list_leaves_every_message_in_place(
         code, out, err = await cli(amqp_url, names, "dlq", "list")
         assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["TaskId", "code", "info", "source", "attempts", "when"]
+    assert lines[0].split() == ["TaskId", "code", "info", "source", "attempts", "when", "app"]
     for task_id, error in expected.items():
         assert any(task_id in line and str(error) in line for line in lines)
     code, out, _ = await cli(amqp_url, names, "dlq", "list", "--json", "--limit", "2")

@@ -1,5 +1,5 @@
 """consumer/ops/dlq/, the pure parts (letter.py, copies.py): a dead letter is described whatever it
-holds; a replay is a new request; a copy for the tail is the message as it was."""
+holds, its app too; a replay is a new request; a copy for the tail is the message as it was."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from schemas.events import (
     H_LINEAGE,
     H_RELEASES,
     H_REPLAY,
+    H_SDKAPPID,
 )
 
 OURS = {
@@ -235,6 +236,88 @@ def test_matcher() -> None:
     assert matcher(90001, "t_1")(letter)
     assert not matcher(90053, None)(letter)
     assert not matcher(None, "t_2")(letter)
+
+
+APP = 1400000001
+OTHER = 1400000002
+
+
+@pytest.mark.parametrize(
+    ("value", "app"),
+    [
+        (APP, APP),
+        (str(APP), APP),
+        (str(APP).encode(), APP),
+        (f" {APP} ", APP),
+        (float(APP), APP),
+        ("missing", None),
+        (None, None),
+        ("abc", None),
+        (b"\xff\xfe", None),
+        ("14000000x1", None),
+        ("9" * 100, None),
+        (True, None),
+        (0, None),
+        (-APP, None),
+        (1.5, None),
+        ([APP], None),
+        ({"sdkappid": APP}, None),
+    ],
+    ids=[
+        "int",
+        "text",
+        "bytes",
+        "text with spaces",
+        "a whole float",
+        "missing",
+        "null",
+        "letters",
+        "invalid UTF-8",
+        "digits and a letter",
+        "100 digits",
+        "a bool",
+        "zero",
+        "negative",
+        "a fraction",
+        "a list",
+        "a table",
+    ],
+)
+def test_a_dead_letter_names_its_app_or_none(value: Any, app: int | None) -> None:
+    headers = dict(OURS) if value == "missing" else {**OURS, H_SDKAPPID: value}
+    letter = describe(Letter(b'{"TaskId": "t_1"}', headers))
+    assert letter.sdkappid == app
+    assert (letter.task_id, letter.code) == ("t_1", 90001)  # the rest is read all the same
+    assert letter.as_dict()["sdkappid"] == app
+    (row,) = table(DLQ_HEADERS, [dead_letter_row(letter)]).splitlines()[2:]
+    assert DLQ_HEADERS[-1] == "app"
+    assert row.split()[-1] == (str(app) if app is not None else "-")
+
+
+def test_the_app_filter_counts_a_letter_naming_none_as_the_fleet_of_ones() -> None:
+    mine = describe(Letter(b'{"TaskId": "t_1"}', {**OURS, H_SDKAPPID: APP}))
+    other = describe(Letter(b'{"TaskId": "t_2"}', {**OURS, H_SDKAPPID: OTHER}))
+    old = describe(Letter(b'{"TaskId": "t_3"}', OURS))  # written before letters named their app
+    assert old.sdkappid is None
+    everything = [matcher(None, None), matcher(None, None, None, unnamed_app=APP)]
+    for match in everything:  # no --app: every letter, old ones too
+        assert [match(d) for d in (mine, other, old)] == [True, True, True]
+    # A fleet of one (no apps file): its app is TIM_SDKAPPID, which every old letter was for.
+    fleet_of_one = matcher(None, None, APP, unnamed_app=APP)
+    assert [fleet_of_one(d) for d in (mine, other, old)] == [True, False, True]
+    assert [matcher(None, None, OTHER, unnamed_app=APP)(d) for d in (mine, other, old)] == [
+        False,
+        True,
+        False,
+    ]
+    # An apps file (unnamed_app None): an old letter's app is unknown, so no --app matches it.
+    for app in (APP, OTHER):
+        assert not matcher(None, None, app)(old)
+    assert matcher(None, None, APP)(mine)
+    # --app goes with --code and --task-id.
+    assert matcher(90001, "t_1", APP)(mine)
+    assert not matcher(90053, "t_1", APP)(mine)
+    assert not matcher(90001, "t_2", APP, unnamed_app=APP)(mine)
 
 
 def incoming(headers: dict[str, Any], **properties: Any) -> aio_pika.IncomingMessage:

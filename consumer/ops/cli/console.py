@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -43,9 +44,9 @@ def stdout_to_devnull() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def logging_for(settings: Settings) -> None:
-    """Structured logs, scrubbed of this process's secrets."""
-    redactor = Redactor()
+def logging_for(settings: Settings, secrets: Sequence[str] = ()) -> None:
+    """Structured logs, scrubbed of this process's secrets (every app's SecretKey)."""
+    redactor = Redactor(tuple(secrets))
     with contextlib.suppress(SettingsError):
         redactor = redactor.with_secret(settings.secret_key())
     redactor = redactor.with_secret(settings.amqp_url.get_secret_value())

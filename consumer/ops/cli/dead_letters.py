@@ -10,8 +10,21 @@ import click
 
 from consumer.core.settings import load_settings
 from consumer.ops.cli.console import EXIT_FAILURE, Progress, stdout_to_devnull
-from consumer.ops.dlq import DeadLetter, each_dead_letter, matcher, move_dead_letters
+from consumer.ops.dlq import (
+    DeadLetter,
+    Summary,
+    each_dead_letter,
+    matcher,
+    move_dead_letters,
+    replay_route,
+    unnamed_app,
+)
 from consumer.ops.reports import DLQ_HEADERS, StreamedTable, dead_letter_row
+
+APP_HELP = (
+    "Only dead letters for this SDKAppID (older ones name no app: they count as TIM_SDKAPPID's "
+    "when RECALL_APPS_FILE is not set)."
+)
 
 
 @click.group()
@@ -22,10 +35,12 @@ def dlq() -> None:
 @dlq.command("list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def dlq_list(limit: int, as_json: bool) -> None:
+@click.option("--app", type=click.IntRange(min=1), help=APP_HELP)
+def dlq_list(limit: int, as_json: bool, app: int | None) -> None:
     """Show the first dead letters; every one stays, in order (the queue is walked once)."""
 
     settings = load_settings()
+    match = None if app is None else matcher(None, None, app, unnamed_app=unnamed_app(settings))
     rows = StreamedTable(DLQ_HEADERS, click.echo, first=min(limit, 500))
     reader_gone = False
 
@@ -51,6 +66,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
                 settings.dead_letter_queue,
                 limit,
                 emit,
+                match=match,
                 progress=bar.update,
                 on_total=bar.total,
             )
@@ -61,14 +77,22 @@ def dlq_list(limit: int, as_json: bool) -> None:
         sys.exit(EXIT_FAILURE)
     if not as_json:
         rows.close()
-        click.echo(f"{shown} dead letter(s) shown from {settings.dead_letter_queue}")
+        of_app = f" for app {app}" if app is not None else ""
+        click.echo(f"{shown} dead letter(s){of_app} shown from {settings.dead_letter_queue}")
 
 
 def _move(
-    code: int | None, task_id: str | None, limit: int | None, dry_run: bool, replay: bool
+    code: int | None,
+    task_id: str | None,
+    limit: int | None,
+    dry_run: bool,
+    *,
+    replay: bool,
+    app: int | None,
 ) -> None:
     settings = load_settings()
-    target = settings.queue if replay else None
+    # Each letter goes back to its own app's queue (read from RECALL_APPS_FILE before any move).
+    target = replay_route(settings) if replay else None
     verb = "replayed" if replay else "purged"
     if dry_run:
         verb = f"would be {verb}"
@@ -79,7 +103,7 @@ def _move(
                 settings.amqp_url.get_secret_value(),
                 settings.dead_letter_queue,
                 target,
-                matcher(code, task_id),
+                matcher(code, task_id, app, unnamed_app=unnamed_app(settings)),
                 limit=limit,
                 dry_run=dry_run,
                 progress=bar.update,
@@ -88,24 +112,41 @@ def _move(
         )
     finally:
         bar.close()
-    click.echo(f"{summary.matched} dead letter(s) {verb}; {summary.kept} left in place, in order")
+    click.echo(
+        f"{summary.matched} dead letter(s) {verb}; {summary.kept} left in place, in order"
+        + _unserved(summary)
+    )
+
+
+def _unserved(summary: Summary) -> str:
+    """'; 4 kept: their app is not served: 1400000009 (3), 1400000010 (1)', or ''."""
+    if not summary.unserved:
+        return ""
+    kept = sum(count for _, count in summary.unserved)
+    apps = ", ".join(f"{app} ({count})" for app, count in summary.unserved)
+    return f"; {kept} kept: their app is not served: {apps}"
 
 
 @dlq.command("replay")
 @click.option("--code", type=int, help="Only dead letters with this ErrorCode.")
 @click.option("--task-id", help="Only dead letters for this TaskId.")
+@click.option("--app", type=click.IntRange(min=1), help=APP_HELP)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
 @click.option("--dry-run", is_flag=True, help="Count what would move; move nothing.")
-def dlq_replay(code: int | None, task_id: str | None, limit: int | None, dry_run: bool) -> None:
-    """Move matching dead letters back to the recall queue (confirmed, then acked)."""
-    _move(code, task_id, limit, dry_run, replay=True)
+def dlq_replay(
+    code: int | None, task_id: str | None, app: int | None, limit: int | None, dry_run: bool
+) -> None:
+    """Move matching dead letters back to their app's recall queue (confirmed, then acked); one
+    whose app the fleet does not serve stays, and is counted."""
+    _move(code, task_id, limit, dry_run, replay=True, app=app)
 
 
 @dlq.command("purge")
 @click.option("--code", type=int, required=True, help="Remove dead letters with this ErrorCode.")
+@click.option("--app", type=click.IntRange(min=1), help=APP_HELP)
 @click.option("--yes", is_flag=True, help="Confirm: the matching dead letters are deleted.")
-def dlq_purge(code: int, yes: bool) -> None:
-    """Delete the dead letters with one ErrorCode."""
+def dlq_purge(code: int, app: int | None, yes: bool) -> None:
+    """Delete the dead letters with one ErrorCode (of one app, with --app)."""
     if not yes:
         raise click.UsageError("purge deletes messages: add --yes to confirm")
-    _move(code, None, None, False, replay=False)
+    _move(code, None, None, False, replay=False, app=app)

@@ -209,6 +209,7 @@ def _publish_and_wait(
                 "-",
                 receipt.correlation_id,
                 "still queued",
+                app if app is not None else "-",
             ]
         )
         if as_json:
@@ -260,12 +261,20 @@ def _since(_: click.Context, __: click.Parameter, value: str) -> str:
 @click.option("--follow", is_flag=True, help="Keep printing new events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line.")
 @click.option("--correlation-id", help="Only events with this correlation_id.")
-def results(since: str, follow: bool, as_json: bool, correlation_id: str | None) -> None:
+@click.option(
+    "--app",
+    type=click.IntRange(min=1),
+    help="Only events for this SDKAppID (older ones name no app: they count as TIM_SDKAPPID's "
+    "when RECALL_APPS_FILE is not set).",
+)
+def results(
+    since: str, follow: bool, as_json: bool, correlation_id: str | None, app: int | None
+) -> None:
     """Read the results stream: one event per settled request."""
 
     settings = load_settings()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(print_results(settings, since, follow, as_json, correlation_id))
+        asyncio.run(print_results(settings, since, follow, as_json, correlation_id, app=app))
 
 
 @click.command()

@@ -12,6 +12,7 @@ from consumer.core.settings import load_settings
 from consumer.ops.app import run_worker
 from consumer.ops.cli.console import EXIT_FAILURE, logging_for, quiet_libraries
 from consumer.ops.demo import run_demo
+from consumer.ops.lanes import fleet_apps
 from consumer.sandbox import SandboxConfig, run_sandbox
 
 
@@ -20,10 +21,9 @@ def run() -> None:
     """Run the worker until SIGTERM or SIGINT."""
 
     settings = load_settings()
-    settings.require_sdkappid()
-    settings.secret_key()
-    logging_for(settings)
-    asyncio.run(run_worker(settings))
+    apps = fleet_apps(settings)  # exits 2 naming the variable or the apps file's entry
+    logging_for(settings, secrets=[app.keys() for app in apps])
+    asyncio.run(run_worker(settings, apps))
 
 
 @click.command()

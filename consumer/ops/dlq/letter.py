@@ -1,4 +1,5 @@
-"""A dead letter as an operator sees it: described whatever it holds, matched by code and TaskId.
+"""A dead letter as an operator sees it: described whatever it holds, matched by code, TaskId
+and app.
 
 Pure: nothing here talks to the broker. A hostile body (100,000 nested brackets, invalid UTF-8) or
 malformed headers (an `x-death` that is not a list of tables) come back as unknowns, never as an
@@ -21,6 +22,7 @@ from schemas.events import (
     H_ERROR_CODE,
     H_ERROR_INFO,
     H_ERROR_SOURCE,
+    H_SDKAPPID,
 )
 
 MAX_TASK_ID_CHARS = 256
@@ -52,6 +54,7 @@ class DeadLetter:
     attempts: int
     when: datetime | None
     message_id: str | None
+    sdkappid: int | None = None  # None: a dead letter written before they named their app
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -63,6 +66,7 @@ class DeadLetter:
             "attempts": self.attempts,
             "when": self.when.isoformat() if self.when else None,
             "message_id": self.message_id,
+            "sdkappid": self.sdkappid,
         }
 
 
@@ -94,6 +98,12 @@ def _int(value: Any) -> int | None:
         if text.removeprefix("-").isdigit():
             return int(text)
     return None
+
+
+def _app(value: Any) -> int | None:
+    """An SDKAppID header (an int, or its decimal text); anything else, zero or less is None."""
+    app = _int(value)
+    return app if app is not None and app > 0 else None
 
 
 def _when(value: Any) -> datetime | None:
@@ -165,6 +175,7 @@ def _describe(message: Letter) -> DeadLetter:
         attempts=max(0, _int(headers.get(H_ATTEMPTS)) or 0),
         when=at,
         message_id=message_id[:MAX_TEXT_CHARS] if isinstance(message_id, str) else None,
+        sdkappid=_app(headers.get(H_SDKAPPID)),
     )
 
 
@@ -194,12 +205,27 @@ def describe_delivery(delivered: DeliveredMessage) -> DeadLetter:
     return describe(_Raw(delivered))
 
 
-def matcher(code: int | None, task_id: str | None) -> Callable[[DeadLetter], bool]:
-    """A filter on code and TaskId (None matches anything)."""
+def for_app(named: int | None, app: int, unnamed: int | None) -> bool:
+    """Whether a dead letter or event naming `named` is for `app`; one naming none was written
+    before they named their app, when the fleet was one app: `unnamed` (None: unknown)."""
+    return named == app if named is not None else unnamed == app
+
+
+def matcher(
+    code: int | None,
+    task_id: str | None,
+    app: int | None = None,
+    *,
+    unnamed_app: int | None = None,
+) -> Callable[[DeadLetter], bool]:
+    """A filter on code, TaskId and app (None matches anything); a letter naming no app is
+    `unnamed_app`'s (see `for_app`)."""
 
     def match(letter: DeadLetter) -> bool:
-        return (code is None or letter.code == code) and (
-            task_id is None or letter.task_id == task_id
+        return (
+            (code is None or letter.code == code)
+            and (task_id is None or letter.task_id == task_id)
+            and (app is None or for_app(letter.sdkappid, app, unnamed_app))
         )
 
     return match

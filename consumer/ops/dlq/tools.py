@@ -7,6 +7,7 @@ held (`walk.py` says how the pass keeps the order and why it never hands a messa
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from consumer.core.broker import (
 )
 from consumer.core.errors import BrokerUnavailable
 from consumer.ops.dlq.letter import DeadLetter, describe_delivery
+from consumer.ops.dlq.routes import Route
 from consumer.ops.dlq.walk import Choice, DlqError, Walk
 
 # A quorum queue applies acks at low priority: a channel closed right after its last acks can
@@ -69,7 +71,7 @@ async def _walk(
     dlq: str,
     choose: Callable[[int, DeliveredMessage], Choice],
     *,
-    target: str | None = None,
+    target: Callable[[DeliveredMessage], str | None] | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     verb: str = "visited",
@@ -130,18 +132,21 @@ async def each_dead_letter(
     limit: int | None,
     emit: Callable[[DeadLetter], None],
     *,
+    match: Callable[[DeadLetter], bool] | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> int:
-    """Describe the first `limit` dead letters to `emit` while a pass keeps them all, in order.
-    Returns how many were shown."""
+    """Describe the first `limit` dead letters (that `match`) to `emit` while a pass keeps them
+    all, in order. Returns how many were shown."""
     shown = 0
 
-    def choose(index: int, delivered: DeliveredMessage) -> Choice:
+    def choose(_: int, delivered: DeliveredMessage) -> Choice:
         nonlocal shown
-        if limit is None or index <= limit:
-            emit(describe_delivery(delivered))
-            shown += 1
+        if limit is None or shown < limit:
+            letter = describe_delivery(delivered)
+            if match is None or match(letter):
+                emit(letter)
+                shown += 1
         return "keep"
 
     await _walk(amqp_url, dlq, choose, progress=progress, on_total=on_total, verb="moved")
@@ -163,12 +168,15 @@ class Summary:
     kept: int
     visited: int = 0
     rotated: int = 0  # kept messages moved to the tail to keep the order
+    # Matching dead letters kept because no queue takes their app: (app, how many), in the
+    # order first met.
+    unserved: tuple[tuple[int | None, int], ...] = ()
 
 
 async def move_dead_letters(
     amqp_url: str,
     dlq: str,
-    target_queue: str | None,
+    target_queue: str | Route | None,
     match: Callable[[DeadLetter], bool],
     *,
     limit: int | None = None,
@@ -176,27 +184,43 @@ async def move_dead_letters(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> Summary:
-    """Replay (to `target_queue`) or purge (None) the matching dead letters, at most `limit`, in
-    one pass; every other one stays, in order (see `_walk` for what a failure leaves). A
-    replayed message is published with a confirm before its dead letter is acked. A dry run
-    keeps every message and counts. Raises DlqError when the broker refused a replay."""
+    """Replay (to `target_queue`, or to the queue a Route gives each letter) or purge (None) the
+    matching dead letters, at most `limit`, in one pass; every other one stays, in order (see
+    `_walk` for what a failure leaves), and so does one whose Route is None (counted in
+    `unserved`). A replayed message is published with a confirm before its dead letter is
+    acked. A dry run keeps every message and counts. Raises DlqError when the broker refused a
+    replay."""
     matched = 0
+    unserved: collections.Counter[int | None] = collections.Counter()
     verb = "replayed" if target_queue is not None else "purged"
+    route = _to(target_queue) if isinstance(target_queue, str) else target_queue
 
     def choose(_: int, delivered: DeliveredMessage) -> Choice:
         nonlocal matched
-        if (limit is not None and matched >= limit) or not match(describe_delivery(delivered)):
+        if limit is not None and matched >= limit:
+            return "keep"
+        letter = describe_delivery(delivered)
+        if not match(letter):
+            return "keep"
+        if route is not None and route(letter) is None:
+            unserved[letter.sdkappid] += 1
             return "keep"
         matched += 1
         if dry_run:
             return "keep"
-        return "replay" if target_queue is not None else "drop"
+        return "replay" if route is not None else "drop"
+
+    def target(delivered: DeliveredMessage) -> str | None:
+        # `choose` just gave this message "replay"; describing it again gives the same queue
+        # (describe is pure) and costs little next to the confirmed publish that follows.
+        assert route is not None
+        return route(describe_delivery(delivered))
 
     work = await _walk(
         amqp_url,
         dlq,
         choose,
-        target=target_queue,
+        target=target if route is not None else None,
         progress=progress,
         on_total=on_total,
         verb=verb,
@@ -207,4 +231,13 @@ async def move_dead_letters(
             "the queue, in order"
         )
     done = matched if dry_run else work.moved
-    return Summary(done, work.total - done, work.visited, work.rotated)
+    return Summary(done, work.total - done, work.visited, work.rotated, tuple(unserved.items()))
+
+
+def _to(queue: str) -> Route:
+    """The Route of every dead letter to one queue."""
+
+    def route(_: DeadLetter) -> str:
+        return queue
+
+    return route

@@ -2,8 +2,8 @@
 
 Every tool makes one pass over the N messages the dead-letter queue held when it started (a
 passive declare counts them), through one consumer holding at most PREFETCH messages. Each
-visited message is acted on (replay: published to the recall queue with a confirm, then acked;
-purge: acked) or kept: re-published byte for byte (body, properties and headers, less the
+visited message is acted on (replay: published to its app's recall queue with a confirm, then
+acked; purge: acked) or kept: re-published byte for byte (body, properties and headers, less the
 broker's delivery counters and `user_id`) to the queue's own tail with a confirm, then acked.
 `list` keeps every message and shows the first ones as it goes. After the pass the kept messages
 are in their original order, followed only by dead letters that arrived meanwhile (those are
@@ -64,6 +64,7 @@ class _InFlight:
     delivered: DeliveredMessage
     message_id: str | None
     confirm: asyncio.Future[Any]
+    queue: str  # where it was published
 
 
 @dataclass
@@ -86,7 +87,8 @@ class Walk:
     dlq: str
     total: int
     choose: Callable[[int, DeliveredMessage], Choice]
-    target: str | None = None  # where "replay" publishes
+    # Where "replay" publishes each message: a queue, or None to keep the message instead.
+    target: Callable[[DeliveredMessage], str | None] | None = None
     progress: Callable[[int], None] | None = None
     prefetch: int = 1
     visited: int = 0
@@ -170,35 +172,43 @@ class Walk:
         else:
             await self.underlay.basic_ack(tag, wait=False)
 
-    def _publish(self, replay: bool, index: int, delivered: DeliveredMessage) -> None:
+    def _publish(
+        self, replay: bool, index: int, delivered: DeliveredMessage, queue: str | None = None
+    ) -> None:
         message_id = delivered.header.properties.message_id
         publish: Any
         if replay:
+            assert queue is not None
             publish = self.channel.default_exchange.publish(
                 replayed(aio_pika.IncomingMessage(delivered)),
-                routing_key=self.target or "",
+                routing_key=queue,
                 mandatory=True,
             )
             self.replays_in_flight += 1
         else:
+            queue = self.dlq
             publish = self.underlay.basic_publish(
                 delivered.body,
-                routing_key=self.dlq,
+                routing_key=queue,
                 properties=requeued(delivered.header.properties),
                 mandatory=True,
             )
             self.rotated += 1
         self.ids_in_flight[message_id] += 1
         future = asyncio.ensure_future(publish)
-        self.in_flight.append(_InFlight(replay, index, delivered, message_id, future))
+        self.in_flight.append(_InFlight(replay, index, delivered, message_id, future, queue))
 
     async def _replay(self, index: int, delivered: DeliveredMessage) -> None:
+        queue = self.target(delivered) if self.target is not None else None
+        if queue is None:  # nowhere to replay it: kept, like any other
+            await self._rotate(index, delivered)
+            return
         if self.ids_in_flight[delivered.header.properties.message_id]:
             await self._settle(0)  # a return must find its own publish
             if self.refusal is not None:
                 await self._rotate(index, delivered)
                 return
-        self._publish(True, index, delivered)
+        self._publish(True, index, delivered, queue)
         await self._settle(WINDOW - 1)
 
     async def _rotate(self, index: int, delivered: DeliveredMessage) -> None:
@@ -235,7 +245,7 @@ class Walk:
                 if self.refusal is None:
                     self.refusal = (
                         f"the broker did not take dead letter {entry.message_id} for queue "
-                        f"{self.target!r} ({_refusal(exc)})"
+                        f"{entry.queue!r} ({_refusal(exc)})"
                     )
                 self.refused.append((entry.index, entry.delivered))
                 continue
