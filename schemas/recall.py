@@ -169,6 +169,9 @@ class RecallRequest(BaseModel):
     # `offline_push_info` keeps saying what the producer asked for (the results event's
     # has_offline_push_info); never read from a body.
     _default_overwrite: OfflinePushInfo | None = PrivateAttr(default=None)
+    # The body as sent, made once: parse_request makes it to check it can be sent at all,
+    # and the call sends those very bytes (the model is frozen).
+    _api_bytes: bytes | None = PrivateAttr(default=None)
 
     @field_validator("offline_push_info", mode="after")
     @classmethod
@@ -192,8 +195,11 @@ class RecallRequest(BaseModel):
         return body
 
     def api_bytes(self) -> bytes:
-        """The body exactly as sent: compact UTF-8 JSON of `api_body()`."""
-        return json.dumps(self.api_body(), ensure_ascii=False, separators=(",", ":")).encode()
+        """The body exactly as sent: compact UTF-8 JSON of `api_body()` (made once)."""
+        if self._api_bytes is None:
+            body = json.dumps(self.api_body(), ensure_ascii=False, separators=(",", ":"))
+            self._api_bytes = body.encode()
+        return self._api_bytes
 
     def with_default_overwrite(self, info: OfflinePushInfo) -> RecallRequest:
         """This request sending `info` as its overwrite when it carries none of its own.
@@ -205,6 +211,7 @@ class RecallRequest(BaseModel):
             return self
         copy = self.model_copy()
         copy._default_overwrite = info
+        copy._api_bytes = None  # another body
         return copy
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -144,7 +143,7 @@ def _read(response: httpx.Response) -> ApiResult:
             http_status=response.status_code,
         )
     try:
-        parsed = RevokeResponse.model_validate(json.loads(response.content))
+        parsed = RevokeResponse.model_validate_json(response.content)
     except (ValueError, ValidationError):
         return TransportFailure(
             FailureKind.BAD_BODY,

@@ -41,9 +41,17 @@ class ResultsFollower:
     """Reads the results stream into the memory from 24 hours back, then follows it."""
 
     def __init__(
-        self, memory: RecallMemory, stream: str, clock: Callable[[], float] = time.time
+        self,
+        memory: RecallMemory,
+        stream: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        incarnation: str | None = None,
     ) -> None:
         self.memory = memory
+        # Events this very process told are in the memory already (remembered when told): not
+        # parsed again. Another process of the same replica id (a restart) has another one.
+        self.incarnation = incarnation
         self.stream = stream
         self.events = 0  # results events read since start
         self._clock = clock
@@ -142,7 +150,8 @@ class ResultsFollower:
         offset = (props.headers or {}).get("x-stream-offset")
         if isinstance(offset, int):
             self._next_offset = offset + 1
-        if props.message_type == RESULT_TYPE:
+        own = self.incarnation is not None and props.app_id == self.incarnation
+        if props.message_type == RESULT_TYPE and not own:
             with contextlib.suppress(ValidationError, ValueError):
                 event = ResultEvent.model_validate_json(message.body)
                 self.events += 1

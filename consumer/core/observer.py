@@ -27,6 +27,11 @@ class Observer:
         self._active: set[int] = set()
         self._halted: set[int] = set()
 
+    def serve(self, app: int) -> None:
+        """`app` is served here from now on: its series start at 0 (an idle app is visible)."""
+        self.metrics.app_active.labels(str(app)).set(0)
+        self.metrics.app_halted.labels(str(app)).set(0)
+
     def active(self, app: int, active: bool) -> None:
         """Whether this replica is the active consumer of `app`'s queue (it had a delivery)."""
         self._mark(self._active, app, active)

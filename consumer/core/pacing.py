@@ -267,7 +267,9 @@ class Pacer:
             return
         rtt = slot.round_trip()
         if rtt is not None:
-            before = self.floor()
+            # Only the send rule places calls by the floor: the finish rule keeps the samples
+            # (cheaply) and skips the estimate on every call.
+            before = self.floor() if self.rule is PacingRule.SEND else None
             if before is not None and rtt < before:
                 # Below the lowest floor the bound allowed: the route got shorter, or a round
                 # trip inflated by load raised the estimate. Start again from this one (alone,

@@ -143,7 +143,8 @@ class Session:
         )
         self._tags += 1
         tag = f"tim-recall.{self.config.replica_id}.{lane.app}.{self._tags}"
-        lane.active = False  # its first delivery tells it became the active consumer
+        if lane.active:  # its first delivery on this consumer tells it is active again
+            lane.lost()
         lane.consumer_tag = await queue.consume(
             self._on_message(lane),
             arguments={"x-priority": lane.config.priority},
@@ -229,6 +230,7 @@ class Session:
             self.config.topology,
             time.time,
             redeclare=lambda: declare_fleet(connection, topologies),
+            app_id=self.follower.incarnation,
             **self._settler_hooks(),
         )
         self._watch(publisher, "publisher", connection)

@@ -167,6 +167,7 @@ class Settler:
         on_reply: Callable[[ReplyResult], None] = lambda _: None,
         on_copied: Callable[[], None] = lambda: None,
         redeclare: Callable[[], Awaitable[None]] | None = None,
+        app_id: str | None = None,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
@@ -175,6 +176,7 @@ class Settler:
         self._topology = topology  # the fleet's shared queues (and a default recall queue)
         self._redeclare = redeclare or (lambda: declare(connection, topology))
         self._clock = clock
+        self._app_id = app_id  # this process, on its results events (the follower skips them)
         self._on_told = on_told
         self._on_reply = on_reply
         self._on_copied = on_copied
@@ -226,7 +228,7 @@ class Settler:
                 steps.append((Step.DEAD_LETTER, lambda: self._publish(dead, dlq, log)))
             if progress.event is None:
                 progress.event = result_event(message, envelope, verdict, now, sdkappid)
-            news = result_message(progress.event)
+            news = result_message(progress.event, self._app_id)
             stream = self._topology.results_stream
             steps.append((Step.RESULT_EVENT, lambda: self._publish(news, stream, log)))
             if envelope.reply_to is not None:

@@ -26,8 +26,8 @@ CLOSE_TIMEOUT_S = 10.0  # closing a writer's channel that failed, in the backgro
 Offset = str | int | datetime  # "first", "last", "next", an offset, or a timestamp
 
 
-def result_message(event: ResultEvent) -> aio_pika.Message:
-    """The AMQP message of one results event."""
+def result_message(event: ResultEvent, app_id: str | None = None) -> aio_pika.Message:
+    """The AMQP message of one results event; `app_id` names the process that told it."""
     return aio_pika.Message(
         body=event.to_json_bytes(),
         content_type="application/json",
@@ -36,6 +36,7 @@ def result_message(event: ResultEvent) -> aio_pika.Message:
         message_id=event.message_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         timestamp=event.settled_at,
+        app_id=app_id,
     )
 
 

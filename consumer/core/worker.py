@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -105,7 +106,12 @@ class Worker:
                 replica_id=config.replica_id,
             ),
             self.lanes,
-            ResultsFollower(self.memory, config.topology.results_stream, clock),
+            ResultsFollower(
+                self.memory,
+                config.topology.results_stream,
+                clock,
+                incarnation=f"{config.replica_id}.{uuid.uuid4().hex[:8]}",
+            ),
             metrics,
             stopping=self._stopping,
             settler_hooks=self._settler_hooks,
@@ -136,6 +142,7 @@ class Worker:
             takeover_budget_s=config.rebuild_budget_s,
             priority=priority(app.sdkappid, config.replica_id),
         )
+        self._observer.serve(app.sdkappid)
         return Lane(
             lane_config,
             app.client,

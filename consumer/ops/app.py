@@ -141,6 +141,15 @@ async def run_worker(settings: Settings, apps: list[App] | None = None) -> None:
             await worker.run()
 
 
+def event_loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (RECALL_EVENT_LOOP=uvloop, the default), or asyncio's own."""
+    if settings.event_loop == "asyncio":
+        return None
+    import uvloop  # noqa: PLC0415 (only the worker's process needs it)
+
+    return uvloop.new_event_loop
+
+
 def _stopper(worker: Worker, sig: signal.Signals) -> Callable[[], None]:
     def stop() -> None:
         structlog.get_logger().info("signal_received", signal=sig.name)

@@ -9,7 +9,7 @@ import click
 
 from consumer.core.broker import check
 from consumer.core.settings import load_settings
-from consumer.ops.app import run_worker
+from consumer.ops.app import event_loop_factory, run_worker
 from consumer.ops.cli.console import EXIT_FAILURE, logging_for, quiet_libraries
 from consumer.ops.demo import run_demo
 from consumer.ops.lanes import fleet_apps
@@ -23,7 +23,8 @@ def run() -> None:
     settings = load_settings()
     apps = fleet_apps(settings)  # exits 2 naming the variable or the apps file's entry
     logging_for(settings, secrets=[app.keys() for app in apps])
-    asyncio.run(run_worker(settings, apps))
+    with asyncio.Runner(loop_factory=event_loop_factory(settings)) as runner:
+        runner.run(run_worker(settings, apps))
 
 
 @click.command()
