@@ -35,6 +35,8 @@ from consumer.core.verdict import Verdict, before_call, decide, halting, local, 
 from schemas.events import LaneState
 
 STUCK_MARGIN_S = 120.0  # settle steps retried, a slot waited for: beyond this, not progressing
+# Another replica's settle time is its clock's: a takeover allows this much disagreement.
+CLOCK_MARGIN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class Lane:
         self._probe_passed_at: float | None = None  # see policy.halted_again
         self._in_hand_since: float | None = None
         self._last_settled: float | None = None
+        # The broker says nothing when it gives the queue to another consumer (a replica of
+        # higher priority): a lane knows it was active until its last delivery, no longer.
+        self.last_delivery: float | None = None
         self._stuck_after_s = config.retry.budget_s + STUCK_MARGIN_S
         self.log = structlog.get_logger().bind(queue=config.topology.queue, sdkappid=self.app)
 
@@ -166,7 +171,7 @@ class Lane:
         """Settle one delivery of the lane's queue; nothing raised escapes."""
         async with self.busy:
             started = time.monotonic()
-            self._in_hand_since = started
+            self._in_hand_since = self.last_delivery = started
             log, envelope, delivery = self.log, None, None
             try:
                 # Everything a delivery can raise is inside this `try`: whatever its headers or
@@ -210,7 +215,7 @@ class Lane:
 
     async def _handle(self, delivery: Delivery, envelope: Envelope) -> None:
         if not self.active:
-            await self._take_over()
+            await self._take_over(redelivered=envelope.redelivered)
         key = delivery.key
         # Only a redelivery can be one this process already worked on; a fresh delivery starts
         # a journal entry of its own.
@@ -334,13 +339,30 @@ class Lane:
             )
         return settled
 
-    async def _take_over(self) -> None:
-        """First delivery since subscribing: we may have just become the app's active consumer."""
+    async def _take_over(self, *, redelivered: bool) -> None:
+        """First delivery since subscribing: we may have just become the app's active consumer,
+        and the replica before us may have called just now. Its first call waits:
+
+        - a redelivery: one interval from now. The replica before us held it and may have
+          called for it at any moment until the broker gave it to us.
+        - a fresh delivery: one interval after the last settle told for the app, by any
+          replica (plus a margin for clocks). The replica before us had acked everything it
+          took, and tells each settle before its ack, so its last call came before that. An
+          app idle for a while is then called for at once.
+        """
         self.active = True
-        self.pacer.hold()  # the replica before us may have called just now
+        if redelivered:
+            self.pacer.hold()
         self._observer.active(self.app, True)
         # A chain the replica before us told just before it died must be in the memory.
         current = await self._host.caught_up(self.config.takeover_budget_s)
+        last = self.memory.last_told_at()
+        if not redelivered and current:
+            wait = (last or float("-inf")) + self.pacer.interval_s + CLOCK_MARGIN_S - self._clock()
+            if wait > 0:
+                self.pacer.push_back(wait)
+        elif not redelivered:  # the memory is behind: nothing known, the safe rule
+            self.pacer.hold()
         recalled = self.memory.memory.sizes().get("recalled", 0)
         self._host.announce(self, "active")
         if current:

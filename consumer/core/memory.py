@@ -97,6 +97,9 @@ class RecallMemory:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.default_app = default_app
+        # The latest settle told for each app, by any replica: a replica taking an app over
+        # places its first call one interval after it (see Lane._take_over). One per app.
+        self.last_told: dict[int | None, float] = {}
         self._ranks = {rank: _Window(window_s) for rank in RANKS}
         self.evicted: dict[str, int] = dict.fromkeys(RANKS, 0)  # since start, for a metric
 
@@ -170,8 +173,11 @@ class RecallMemory:
     def remember_event(self, event: ResultEvent, now: float) -> None:
         """What a told event means for later requests of its app: a recalled or expired TaskId,
         a lineage."""
-        view = self.for_app(event.sdkappid if event.sdkappid is not None else self.default_app)
+        app = event.sdkappid if event.sdkappid is not None else self.default_app
+        view = self.for_app(app)
         at = event.settled_at.timestamp()
+        if at > self.last_told.get(app, float("-inf")):
+            self.last_told[app] = at
         local = event.source == "local"
         if event.task_id is not None:
             if event.outcome == "recalled":
@@ -206,3 +212,7 @@ class AppMemory:
     def was_told(self, lineage: str, now: float) -> bool:
         """Whether this app's chain `lineage` was settled and told within the window."""
         return self.memory.was_told(self.key(lineage), now)
+
+    def last_told_at(self) -> float | None:
+        """When a settle of this app was last told, by any replica (unix seconds)."""
+        return self.memory.last_told.get(self.app)

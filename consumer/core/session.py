@@ -238,8 +238,7 @@ class Session:
         self._metrics.node(node)
         self._log.info("broker_reconnected" if self.epoch else "broker_connected", node=node)
         await self._catch_up(connection)
-        for lane in lanes:
-            lane.pacer.hold()
+        for lane in lanes:  # each lane's first delivery is a takeover: it places the first call
             if not lane.halted:
                 await self.subscribe(lane)
 

@@ -193,8 +193,9 @@ class Worker:
         return {"halt_probe": all(lane.probe_alive() for lane in self.lanes.values())}
 
     def apps(self) -> list[dict[str, Any]]:
-        """Each app served here: active (this replica is its consumer) or standby, halted (and
-        why), the delivery in hand."""
+        """Each app served here: active (it had a delivery since subscribing: AMQP says nothing
+        when the broker gives the queue to another consumer, so the time since the last delivery
+        says how recent that is) or standby, halted (and why), the delivery in hand."""
         return [
             {
                 "sdkappid": lane.app,
@@ -203,6 +204,9 @@ class Worker:
                 "halt_reason": lane.halt_reason,
                 "consuming": lane.consumer_tag is not None,
                 "in_hand_s": None if (s := lane.in_hand_s()) is None else round(s, 3),
+                "since_last_delivery_s": None
+                if lane.last_delivery is None
+                else round(time.monotonic() - lane.last_delivery, 3),
                 "priority": lane.config.priority,
             }
             for lane in sorted(self.lanes.values(), key=lambda lane: lane.app)

@@ -671,10 +671,10 @@ async def test_halted_again_is_judged_on_the_request(
     headers: dict[str, Any] = {H_LINEAGE: "chain#0", H_HALTS: 0 if halted_s_ago is None else 1}
     if halted_s_ago is not None:
         headers[H_HALTED_AT] = round((now - halted_s_ago) * 1000)
-    broker.put(Q, body(task_id), headers=headers)
     async with running(broker, sandbox, halt_probe_initial_s=30) as run:
         (lane,) = run.worker.lanes.values()
         lane._probe_passed_at = now - probe_passed_s_ago  # an earlier resume of ours
+        broker.put(Q, body(task_id), headers=headers)
         if dead_lettered:
             await run.wait_settled(1)
         else:
@@ -937,3 +937,43 @@ async def test_a_call_answered_while_the_broker_is_down_is_not_asked_again(
     assert [c.code for c in sandbox.revoke_calls()] == [0]
     assert [(e.message_id, e.outcome) for e in events(broker)] == [(message_id, "recalled")]
     assert broker.held(DLQ) == []
+
+
+# ---- where a takeover places its first call ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("told_s_ago", "redelivered", "waits"),
+    [
+        (None, False, False),  # an idle app: called for at once
+        (10.0, False, False),  # its last settle long ago
+        (0.1, False, True),  # another replica told one just now: one interval after it
+        (None, True, True),  # the replica before us held it, and may have just called
+    ],
+    ids=["idle", "settled-long-ago", "settled-just-now", "redelivered"],
+)
+async def test_a_takeover_places_its_first_call_after_the_last_one_that_may_have_been_made(
+    broker: AmqpDouble,
+    sandbox: Sandbox,
+    told_s_ago: float | None,
+    redelivered: bool,
+    waits: bool,
+) -> None:
+    interval = 0.6
+    sandbox.config = replace(sandbox.config, min_interval=interval)
+    if told_s_ago is not None:
+        other = crashed_recall(sandbox.create_task(), "m-other", "other#0")
+        at = datetime.fromtimestamp(time.time() - told_s_ago, UTC)
+        broker.put(RESULTS, result_message(other.model_copy(update={"settled_at": at})))
+    broker.put(Q, body(sandbox.create_task()))
+    if redelivered:
+        await hand_back(broker)
+    started = time.monotonic()
+    async with running(broker, sandbox, interval_s=interval) as run:
+        await run.wait_settled(1)
+    (call,) = sandbox.revoke_calls()
+    waited = call.arrived - started
+    if waits:
+        assert waited >= interval - (told_s_ago or 0) - 0.05
+    else:
+        assert waited < interval / 2
