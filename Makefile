@@ -63,10 +63,10 @@ cluster-down:
 
 # `make bench` writes under bench/out/ (ignored by git); `make bench-update` rewrites the
 # committed figures in bench/ (results.json records the commit and the machine measured).
-bench: install broker
+bench: install broker rabbitmq4
 	$(BIN)/python -m bench.run
 
-bench-update: install broker
+bench-update: install broker rabbitmq4
 	BENCH_UPDATE=1 $(BIN)/python -m bench.run
 
 clean:

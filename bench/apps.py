@@ -74,7 +74,9 @@ class AppsStage:
             )
         self.apps_file.write_text(json.dumps({"apps": entries}))
 
-    async def worker(self, replica: str, log_level: str = "warning") -> Child:
+    async def worker(
+        self, replica: str, log_level: str = "warning", interval_s: float = INTERVAL_S
+    ) -> Child:
         """`python -m consumer run` for the whole apps file, as replica `replica`."""
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIM_", "RECALL_"))}
@@ -85,7 +87,7 @@ class AppsStage:
                 "RECALL_EXCHANGE": self.exchange,
                 "RECALL_REPLICA_ID": replica,
                 "RECALL_AMQP_URL": self.amqp_url,
-                "RECALL_INTERVAL_S": repr(INTERVAL_S),
+                "RECALL_INTERVAL_S": repr(interval_s),
                 "RECALL_HTTP_HOST": "127.0.0.1",
                 "RECALL_HTTP_PORT": str(port),
                 "RECALL_LOG_FORMAT": "json",
@@ -137,9 +139,11 @@ class AppsStage:
 
 
 @contextlib.asynccontextmanager
-async def apps_stage(workdir: Path, amqp_url: str, n: int = APPS) -> AsyncIterator[AppsStage]:
+async def apps_stage(
+    workdir: Path, amqp_url: str, n: int = APPS, interval_s: float = INTERVAL_S
+) -> AsyncIterator[AppsStage]:
     """A sandbox of `n` apps, fresh names, a connection; workers killed and queues deleted after."""
-    sandbox = Sandbox(SandboxConfig(min_interval=INTERVAL_S))
+    sandbox = Sandbox(SandboxConfig(min_interval=interval_s))
     apps = [sandbox.config.app(), *sandbox.add_apps(n - 1)]
     prefix = f"bench-apps-{uuid.uuid4().hex[:10]}"
     async with serve_sandbox(sandbox) as url:
@@ -354,6 +358,67 @@ async def flood(
     }
 
 
+LIFTED_S = 0.000001
+
+
+async def lanes(
+    workdir: Path, amqp_url: str = RABBITMQ3_URL, n_apps: int = 50, per_app: int = 120
+) -> dict[str, Any]:
+    """Limits lifted, many lanes in one process at INFO: recalls/s, CPU, the loop's lag."""
+    async with apps_stage(workdir, amqp_url, n_apps, interval_s=LIFTED_S) as st:
+        st.write_apps()
+        worker = await st.worker("replica-0", log_level="info", interval_s=LIFTED_S)
+        await worker.ready(timeout=60)
+        await st.publish(backlog_requests(st, 5, st.apps))  # warm: takeovers, connections
+        await poll(lambda: len(st.calls()) >= 5 * n_apps, 60, "the warm-up")
+        lag0 = await _lag_buckets(worker)
+        cpu0, started = worker.cpu_s(), time.monotonic()
+        first = len(st.calls())
+        await st.publish(backlog_requests(st, per_app, st.apps))
+        total = first + per_app * n_apps
+        await poll(lambda: len(st.calls()) >= total, 300, "every call", every=0.05)
+        seconds = time.monotonic() - started
+        cpu = worker.cpu_s() - cpu0
+        lag = _minus(await _lag_buckets(worker), lag0)
+        calls = st.calls()[first:]
+    n = per_app * n_apps
+    return {
+        "apps": n_apps,
+        "requests": n,
+        "recalls_per_s": round(n / seconds, 1),
+        "cpu_ms_per_recall": round(cpu * 1000 / n, 3),
+        "cpu_share": round(cpu / seconds, 2),
+        "loop_lag_p99_ms": _quantile_ms(lag, 0.99),
+        "codes": stats.codes(calls),
+    }
+
+
+async def _lag_buckets(worker: Child) -> dict[float, float]:
+    """The loop-lag histogram's cumulative bucket counts, by upper bound (s)."""
+    text = (await worker.http().get("/metrics")).text
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("tim_recall_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _minus(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {le: count - before.get(le, 0.0) for le, count in after.items()}
+
+
+def _quantile_ms(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound of the bucket holding the q-quantile, in ms (None: no samples)."""
+    total = buckets.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return le * 1000
+    return None
+
+
 async def run(workdir: Path, only: str | None = None) -> dict[str, Any]:
     """Every scenario (or `only` one), their figures under `apps`."""
     results: dict[str, Any] = {}
@@ -363,12 +428,14 @@ async def run(workdir: Path, only: str | None = None) -> dict[str, Any]:
         results["flood"] = await flood(workdir)
     if only in (None, "replicas"):
         results["replicas"] = await replicas(workdir)
+    if only in (None, "lanes"):
+        results["lanes"] = await lanes(workdir)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["one_process", "replicas", "flood"])
+    parser.add_argument("--only", choices=["one_process", "replicas", "flood", "lanes"])
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tim-recall-apps-"))
     figures = asyncio.run(run(workdir, args.only))

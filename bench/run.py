@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aio_pika
 
 from bench import (
+    apps,
     cluster,
     e2e,
     link,
@@ -93,6 +94,12 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     )
     # A producer publishing into a running worker, INFO logs: what a recall costs end to end.
     results["overhead"] = await clock.time("overhead end to end", lambda: e2e.end_to_end(workdir))
+    # Many apps: 200 in one process, one flooded, limits lifted over 50 lanes, and 3 replicas
+    # sharing 200 apps on RabbitMQ 4 (scripts/rabbitmq4.sh, port 5680) with a kill and a rejoin.
+    results["apps"] = await clock.time("many apps", lambda: apps.run(workdir))
+    lanes = results["apps"]["lanes"]
+    results["overhead"]["lanes_recalls_per_s"] = lanes["recalls_per_s"]
+    results["overhead"]["loop_lag_p99_ms"] = lanes["loop_lag_p99_ms"]
     results["backlog"], results["memory"] = await clock.time(
         "a backlog, and memory", lambda: load.overhead(workdir)
     )

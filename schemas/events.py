@@ -108,7 +108,7 @@ class ResultEvent(BaseModel):
         return self.model_dump_json().encode()
 
 
-LaneState = Literal["active", "halted", "resumed", "stopped"]
+LaneState = Literal["active", "halted", "resumed", "stopped", "called"]
 
 
 class LaneEvent(BaseModel):
@@ -122,7 +122,9 @@ class LaneEvent(BaseModel):
     state: LaneState = Field(
         description="active: this replica took the app's queue over (its first delivery); "
         "halted: the app's configuration is refused (reason says why); resumed: a probe "
-        "passed; stopped: the replica stopped serving the app."
+        "passed; stopped: the replica stopped serving the app; called: a call that counted "
+        "against the app's limit and that no results event tells (its request went back to "
+        "the queue), at `at`."
     )
     reason: str | None = None
     at: datetime

@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
 from consumer.core.settle import SETTLE_ERRORS
-from consumer.core.stream import MARKER_TYPE, RESULT_TYPE, StreamWriter
-from schemas.events import ResultEvent
+from consumer.core.stream import LANE_TYPE, MARKER_TYPE, RESULT_TYPE, StreamWriter
+from schemas.events import LaneEvent, ResultEvent
 
 PREFETCH = 1000
 ACK_EVERY = 250
@@ -156,6 +156,11 @@ class ResultsFollower:
                 event = ResultEvent.model_validate_json(message.body)
                 self.events += 1
                 self.memory.remember_event(event, self._clock())
+        elif props.message_type == LANE_TYPE and not own:
+            with contextlib.suppress(ValidationError, ValueError):
+                lane = LaneEvent.model_validate_json(message.body)
+                if lane.state == "called":
+                    self.memory.note_call(lane.sdkappid, lane.at.timestamp())
         elif props.message_type == MARKER_TYPE:
             read = self._markers.get(props.message_id or "")
             if read is not None and not read.done():

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.typing import FilteringBoundLogger
@@ -26,7 +27,15 @@ from consumer.core.identity import lineage_of, resolve_chain
 from consumer.core.memory import AppMemory
 from consumer.core.observer import Observer
 from consumer.core.pacing import Pacer
-from consumer.core.policy import EXPIRATION_PASSED, HANDLING_FAILED, History, Outcome, Reason
+from consumer.core.policy import (
+    EXPIRATION_PASSED,
+    HANDLING_FAILED,
+    Action,
+    History,
+    Outcome,
+    Reason,
+    action_for,
+)
 from consumer.core.prepare import PrepareRules, Refuse, prepare
 from consumer.core.recaller import Recaller, RetryRules
 from consumer.core.settle import Journal, Settled, Settler, Step
@@ -76,6 +85,9 @@ class LaneHost(Protocol):
 
     def announce(self, lane: Lane, state: LaneState, reason: str | None = None) -> None:
         """Record the lane's new state on the results stream, in the background."""
+
+    def call_record(self, lane: Lane) -> aio_pika.Message:
+        """The record of a call no results event tells."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,9 @@ class Lane:
         # The broker says nothing when it gives the queue to another consumer (a replica of
         # higher priority): a lane knows it was active until its last delivery, no longer.
         self.last_delivery: float | None = None
+        # A call was made that no results event has told yet: if its delivery goes back to the
+        # queue (a copy), its time is recorded on the stream first, for a replica taking over.
+        self._untold_call = False
         self._stuck_after_s = config.retry.budget_s + STUCK_MARGIN_S
         self.log = structlog.get_logger().bind(queue=config.topology.queue, sdkappid=self.app)
 
@@ -291,6 +306,7 @@ class Lane:
 
         def sent() -> None:
             progress.called = True
+            self._untold_call = True
 
         def ours() -> bool:  # a delivery of a lost connection is void, even once reconnected
             return self._host.epoch == delivery.connection_epoch
@@ -301,10 +317,13 @@ class Lane:
         return decide(prepared.request, envelope, state, rules, self._clock(), stopping=stopping)
 
     async def _settle(self, delivery: Delivery, envelope: Envelope, verdict: Verdict) -> Settled:
-        """Settle through the journal; when stopping, hand the queue over before the ack."""
-        if self._stopping.is_set():
-            # Our call (if any) has finished: only now may a standby take the next delivery.
+        """Settle through the journal; when stopping, hand the queue over before the ack: after
+        the results event, so that a standby's first (fresh) delivery comes after it was told
+        (the standby places its first call one interval after the last settle told)."""
+
+        async def hand_over() -> None:
             await self._host.unsubscribe(self)
+
         progress = self._journal.open(delivery.key)
         message, log = delivery.message, delivery.log.bind(task_id=verdict.task_id)
         epoch, host = delivery.connection_epoch, self._host
@@ -318,6 +337,8 @@ class Lane:
         # This delivery's count, not the envelope's: a resumed settlement carries the envelope of
         # the delivery it started on.
         last_chance = delivery.returns >= self.config.topology.delivery_limit - 1
+        goes_back = action_for(verdict.outcome) in (Action.REPUBLISH, Action.RELEASE)
+        record = self._host.call_record(self) if goes_back and self._untold_call else None
         settled = await self._host.settler().settle(
             message,
             envelope,
@@ -328,7 +349,11 @@ class Lane:
             last_chance=last_chance,
             queue=self.config.topology.queue,
             sdkappid=self.app,
+            before_ack=hand_over if self._stopping.is_set() else None,
+            call_record=record,
         )
+        if Step.RESULT_EVENT in progress.done or Step.CALL_RECORD in progress.done:
+            self._untold_call = False
         if settled.done:
             self._last_settled = time.monotonic()
         if settled.done and not progress.told:

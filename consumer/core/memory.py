@@ -166,6 +166,11 @@ class RecallMemory:
         for window in self._ranks.values():
             window.clear()
 
+    def note_call(self, app: int | None, at: float) -> None:
+        """A call for `app` at `at` that no results event tells (a replica recorded it)."""
+        if at > self.last_told.get(app, float("-inf")):
+            self.last_told[app] = at
+
     def for_app(self, app: int | None) -> AppMemory:
         """One app's view of this memory."""
         return AppMemory(self, app)

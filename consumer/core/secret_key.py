@@ -95,7 +95,10 @@ class SecretKeySource:
         self._path = path
         self._problem: tuple[str, tuple[int, int, int] | None] | None = None
         self.unusable_reads = 0  # for a metric
-        self._log = structlog.get_logger().bind(path=str(path) if path else None)
+        # Not bound here: a source may be made before logging is configured (the apps file is
+        # read first), and binding would fix the configuration of that moment.
+        self._log = structlog.get_logger()
+        self._where = {"path": str(path) if path else None}
 
     def __call__(self) -> str:
         """The key to sign with now."""
@@ -109,15 +112,18 @@ class SecretKeySource:
             if problem != self._problem:
                 self._problem = problem
                 self._log.warning(
-                    "secret_key_file_unusable", reason=exc.reason, keeping="last_good_key"
+                    "secret_key_file_unusable",
+                    reason=exc.reason,
+                    keeping="last_good_key",
+                    **self._where,
                 )
             return self._key
         if self._problem is not None:
             self._problem = None
-            self._log.info("secret_key_file_usable")
+            self._log.info("secret_key_file_usable", **self._where)
         if key != self._key:
             self._key = key
-            self._log.info("secret_key_changed")
+            self._log.info("secret_key_changed", **self._where)
         return key
 
     @property

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -115,6 +116,13 @@ class Session:
     async def caught_up(self, timeout: float) -> bool:  # noqa: ASYNC109 (a lane's budget)
         """Wait until the memory holds what every replica told before now."""
         return await self.follower.caught_up(timeout)
+
+    def call_record(self, lane: Lane) -> aio_pika.Message:
+        """The record of a call no results event tells, for the lane's settlement to publish."""
+        event = LaneEvent(
+            sdkappid=lane.app, replica=self.config.replica_id, state="called", at=datetime.now(UTC)
+        )
+        return lane_message(event, self.follower.incarnation)
 
     def announce(self, lane: Lane, state: LaneState, reason: str | None = None) -> None:
         """Record on the results stream that this replica's lane for an app changed state (for

@@ -52,6 +52,9 @@ class Step(StrEnum):
     """The steps of a settlement, in the order they run."""
 
     DEAD_LETTER = "dead_letter"
+    # A call that counted against the app's limit and is told by no results event (a copy
+    # follows): its time, on the results stream, for a replica that takes the app over.
+    CALL_RECORD = "call_record"
     COPY = "copy"  # the request again at the queue's tail: a re-publish or a release
     RESULT_EVENT = "result_event"
     REPLY = "reply"  # the results event to the request's reply_to, when it has one
@@ -193,11 +196,16 @@ class Settler:
         last_chance: bool = False,
         queue: str | None = None,
         sdkappid: int | None = None,
+        before_ack: Callable[[], Awaitable[None]] | None = None,
+        call_record: aio_pika.Message | None = None,
     ) -> Settled:
         """Settle the delivery; with the results event when it is recalled or dead-lettered.
 
         `envelope` is what a copy (re-publish, release) carries in its headers, to `queue` (the
-        app's; the topology's by default); `sdkappid` is named in the event and dead letter. On its
+        app's; the topology's by default); `sdkappid` is named in the event and dead letter.
+        `before_ack` runs once every other step is done (a stopping lane cancels its consumer
+        there: the next delivery goes to a standby only after this one was told); a
+        `call_record` goes to the results stream before a copy (a call no event tells). On its
         `last_chance` (one more return and the broker dead-letters it unseen) a delivery is
         never given back: its steps are tried until they pass or the connection goes.
         """
@@ -206,6 +214,9 @@ class Settler:
         action = action_for(verdict.outcome)
         steps: list[tuple[Step, Callable[[], Awaitable[None]]]] = []
         if action in (Action.REPUBLISH, Action.RELEASE):
+            if call_record is not None:
+                stream = self._topology.results_stream
+                steps.append((Step.CALL_RECORD, lambda: self._publish(call_record, stream, log)))
             again = republish_message(
                 message, envelope, attempts=verdict.attempts, now=self._clock()
             )
@@ -239,6 +250,8 @@ class Settler:
         for name, step in steps:
             if name in progress.done:
                 continue
+            if name is Step.ACK and before_ack is not None:
+                await before_ack()
             if void():  # not ours any more: whoever gets the redelivery settles it
                 log.warning("settle_abandoned_redelivery_expected", step=name.value)
                 return Settled(done=False, event=_told(progress))

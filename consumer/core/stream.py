@@ -40,14 +40,15 @@ def result_message(event: ResultEvent, app_id: str | None = None) -> aio_pika.Me
     )
 
 
-def lane_message(event: LaneEvent) -> aio_pika.Message:
-    """The AMQP message of one lane state record."""
+def lane_message(event: LaneEvent, app_id: str | None = None) -> aio_pika.Message:
+    """The AMQP message of one lane record; `app_id` names the process that wrote it."""
     return aio_pika.Message(
         body=event.to_json_bytes(),
         content_type="application/json",
         type=LANE_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         timestamp=event.at,
+        app_id=app_id,
     )
 
 

@@ -26,6 +26,7 @@ from consumer.core.topology import Topology
 from consumer.core.worker import Worker, WorkerConfig
 from consumer.ops.health import health_app
 from consumer.ops.lanes import app_lane, fleet_apps
+from consumer.ops.looplag import watching_loop_lag
 from consumer.ops.reload import AppsReloader
 from schemas.events import ResultEvent
 
@@ -111,6 +112,7 @@ async def run_worker(settings: Settings, apps: list[App] | None = None) -> None:
             loop.add_signal_handler(sig, _stopper(worker, sig))
         reloader = AppsReloader(worker, settings, http, apps)
         async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(watching_loop_lag(worker.metrics))
             if settings.apps_file is not None:
                 loop.add_signal_handler(signal.SIGHUP, reloader.request)
                 stack.push_async_callback(reloader.stop)

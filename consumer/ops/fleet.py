@@ -120,6 +120,8 @@ def _note(apps: dict[int, AppStatus], kind: str | None, body: bytes, default: in
         if kind == LANE_TYPE:
             lane = LaneEvent.model_validate_json(body)
             status = apps.get(lane.sdkappid)
+            if lane.state == "called":  # a call's time, for takeovers: not a lane's state
+                return
             if status is not None and (status.since is None or lane.at >= status.since):
                 status.replica, status.state = lane.replica, lane.state
                 status.since, status.reason = lane.at, lane.reason

@@ -977,3 +977,26 @@ async def test_a_takeover_places_its_first_call_after_the_last_one_that_may_have
         assert waited >= interval - (told_s_ago or 0) - 0.05
     else:
         assert waited < interval / 2
+
+
+async def test_a_call_no_event_tells_is_recorded_for_the_next_replica(
+    broker: AmqpDouble, sandbox: Sandbox
+) -> None:
+    # A replica spends its retry budget on 91000s and re-publishes the request: its last call
+    # counted against the limit and no results event tells it. The call's time goes to the
+    # results stream first; the replica that takes over calls one interval after it.
+    interval = 0.5
+    sandbox.config = replace(sandbox.config, min_interval=interval)
+    task_id = sandbox.create_task()
+    sandbox.fail_next(2, task_id=task_id, code=91000)
+    broker.put(Q, body(task_id))
+    async with running(broker, sandbox, interval_s=interval, retry_budget_s=0.3) as first:
+        await until(lambda: broker.ops(Q).count(("publish", Q)) == 2, "the re-publish")
+        first.worker.stop()
+    records = [h for h in broker.held(RESULTS) if h.message_type == "tim-recall.lane"]
+    assert [json.loads(h.body)["state"] for h in records] == ["active", "called"]
+    async with running(broker, sandbox, interval_s=interval) as second:
+        await second.wait_settled(1)
+    calls = sandbox.revoke_calls()
+    assert [c.code for c in calls] == [91000, 91000, 0]
+    assert calls[2].arrived - calls[1].arrived >= interval  # as the server saw them
