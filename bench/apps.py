@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from aio_pika.abc import AbstractConnection
 
 from bench import stats
 from bench.procs import ROOT, WORKER_ROOT, Child, free_port, poll
-from bench.stage import body
+from bench.stage import body, publish_windowed
 from consumer.sandbox import CallRecord, Sandbox, SandboxApp, SandboxConfig, serve_sandbox
 
 RABBITMQ4_URL = "amqp://guest:guest@127.0.0.1:5680/"
@@ -114,8 +114,8 @@ class AppsStage:
         """Publish (app, body) pairs to the exchange by SDKAppID, WINDOW confirms in flight."""
         channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(self.exchange, ensure=False)
-        pending: set[asyncio.Future[Any]] = set()
-        for app, raw in requests:
+
+        def send(app: int, raw: bytes) -> Callable[[], Awaitable[Any]]:
             message_id = uuid.uuid4().hex
             message = aio_pika.Message(
                 raw,
@@ -124,13 +124,9 @@ class AppsStage:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             self.sent[message_id] = time.time()
-            pending.add(asyncio.ensure_future(exchange.publish(message, str(app), mandatory=True)))
-            if len(pending) >= WINDOW:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-        if pending:
-            await asyncio.gather(*pending)
+            return lambda: exchange.publish(message, str(app), mandatory=True)
+
+        await publish_windowed((send(app, raw) for app, raw in requests), WINDOW)
         await channel.close()
 
     def calls(self, app: int | None = None) -> list[CallRecord]:

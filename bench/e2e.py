@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import aio_pika
 
 from bench import stats
 from bench.procs import _TICKS, AMQP_URL, poll
-from bench.stage import Stage, body, stage
+from bench.stage import Stage, body, publish_windowed, stage
 from consumer.core.stream import read_results
 from consumer.ops.publish import Outgoing, amqp_message
 
@@ -63,18 +64,14 @@ def cpu_of(pid: int | None) -> float:
 async def _publish(st: Stage, count: int, sent: dict[str, float]) -> None:
     """Publish `count` requests with WINDOW confirms in flight, noting each one's send time."""
     exchange = st.channel.default_exchange
-    pending: set[asyncio.Future[Any]] = set()
-    for _ in range(count):
+
+    def send() -> Awaitable[Any]:
         message_id = str(uuid.uuid4())
         message = amqp_message(Outgoing(body(st.sandbox.create_task()), message_id))
         sent[message_id] = time.time()
-        pending.add(asyncio.ensure_future(exchange.publish(message, st.queue, mandatory=True)))
-        if len(pending) >= WINDOW:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                future.result()
-    if pending:
-        await asyncio.gather(*pending)
+        return exchange.publish(message, st.queue, mandatory=True)
+
+    await publish_windowed((send for _ in range(count)), WINDOW)
 
 
 async def end_to_end(workdir: Path, n: int = N) -> dict[str, Any]:

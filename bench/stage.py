@@ -7,9 +7,10 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -27,6 +28,22 @@ PUBLISH_BATCH = 500  # publishes in flight at once when filling a backlog
 def body(task_id: str) -> bytes:
     """A valid recall request for `task_id`."""
     return json.dumps({"TaskId": task_id, "OfflinePushInfo": OVERWRITE}).encode()
+
+
+async def publish_windowed(
+    sends: Iterable[Callable[[], Awaitable[Any]]], window: int = PUBLISH_BATCH
+) -> None:
+    """Run confirmed publishes with at most `window` waiting for their confirm at once, as a
+    producer that does not wait for each does; the first failure is raised."""
+    pending: set[asyncio.Future[Any]] = set()
+    for send in sends:
+        pending.add(asyncio.ensure_future(send()))
+        if len(pending) >= window:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                future.result()
+    if pending:
+        await asyncio.gather(*pending)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from consumer.core.errors import ConfigurationError
 from consumer.core.secret_key import SecretKeySource, UnusableKey, read_key_file
-from consumer.core.settings import REGION_DOMAINS, Region, Settings
+from consumer.core.settings import REGION_DOMAINS, Region, Settings, checked_base_url
 from schemas.recall import OfflinePushInfo
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -53,11 +53,7 @@ class AppEntry(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return checked_base_url(value)
 
 
 class AppsDocument(BaseModel):

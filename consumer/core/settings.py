@@ -47,6 +47,15 @@ class SettingsError(ConfigurationError):
     """A setting is missing or invalid; the message names the variable, in one line."""
 
 
+def checked_base_url(value: str | None) -> str | None:
+    """An API base URL override: None when empty, else http(s) without a trailing slash."""
+    if value is None or value == "":
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
@@ -166,11 +175,7 @@ class Settings(BaseSettings):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return checked_base_url(value)
 
     @property
     def dead_letter_queue(self) -> str:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from consumer.ops.app import worker_config
 from consumer.sandbox import Sandbox, SandboxApp, SandboxConfig
 from schemas.events import H_SDKAPPID, ResultEvent
 from tests.support.amqp_double import AmqpDouble
+from tests.support.broker import wait_until
 
 INTERVAL_S = 0.05
 QUEUE = "recall"
@@ -45,11 +45,7 @@ def queue_of(app: int) -> str:
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
+    await wait_until(predicate, timeout, what)
 
 
 @dataclass
