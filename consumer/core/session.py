@@ -10,6 +10,7 @@ earlier epoch is void, even once connected again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -84,6 +85,7 @@ class Session:
         self._settler: Settler | None = None
         self._channels: list[AbstractChannel] = []
         self._by_tag: dict[str, tuple[Lane, AbstractQueue, AbstractChannel]] = {}
+        self._load: collections.Counter[int] = collections.Counter()  # consumers by channel id
         self._tags = 0
         self._fenced = False
         self.handling: set[asyncio.Task[None]] = set()
@@ -159,6 +161,7 @@ class Session:
             consumer_tag=tag,
         )
         self._by_tag[lane.consumer_tag] = (lane, queue, channel)
+        self._load[id(channel)] += 1
         lane.log.info("consumer_registered", consumer_tag=lane.consumer_tag)
 
     async def unsubscribe(self, lane: Lane) -> None:
@@ -166,7 +169,7 @@ class Session:
         tag, lane.consumer_tag = lane.consumer_tag, None
         if lane.active:
             lane.lost()
-        found = self._by_tag.pop(tag, None) if tag is not None else None
+        found = self._untrack(tag) if tag is not None else None
         if tag is None or found is None:
             return
         _, queue, _ = found
@@ -272,14 +275,9 @@ class Session:
 
     async def _channel_for_lane(self) -> AbstractChannel:
         assert self._connection is not None
-        open_ = [c for c in self._channels if not c.is_closed]
-        self._channels = open_
-        consumers = {id(c): 0 for c in open_}
-        for _, _, channel in self._by_tag.values():
-            if id(channel) in consumers:
-                consumers[id(channel)] += 1
-        for channel in open_:
-            if consumers[id(channel)] < LANES_PER_CHANNEL:
+        self._channels = [c for c in self._channels if not c.is_closed]
+        for channel in self._channels:
+            if self._load[id(channel)] < LANES_PER_CHANNEL:
                 return channel
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=1)  # per consumer: one request in hand per lane
@@ -288,6 +286,13 @@ class Session:
         raw.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         self._channels.append(channel)
         return channel
+
+    def _untrack(self, tag: str) -> tuple[Lane, AbstractQueue, AbstractChannel] | None:
+        """Forget a consumer: its lane, queue and channel (None if unknown)."""
+        found = self._by_tag.pop(tag, None)
+        if found is not None:
+            self._load[id(found[2])] -= 1
+        return found
 
     def _on_message(
         self, lane: Lane
@@ -318,7 +323,7 @@ class Session:
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
         # The broker cancelled a consumer (its queue deleted): declare and consume again.
-        found = self._by_tag.pop(getattr(frame, "consumer_tag", None) or "", None)
+        found = self._untrack(getattr(frame, "consumer_tag", None) or "")
         if found is None:
             return
         lane = found[0]
@@ -356,6 +361,7 @@ class Session:
         # at its next step and stops there, keeping the journal for the redelivery.
         self._channels = []
         self._by_tag.clear()
+        self._load.clear()
         for lane in self.lanes.values():
             lane.lost()
         self._metrics.connected.set(0)

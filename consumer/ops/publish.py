@@ -126,20 +126,33 @@ async def publish_to_app(
     confirms and mandatory routing, no reply asked for; raises NoSuchApp when no queue serves
     it."""
     async with RecallPublisher(amqp_url, app=app, exchange=exchange) as publisher:
-        receipts: list[Receipt] = []
-        for request in requests:
-            try:
-                receipts.append(
-                    await publisher.publish(
-                        request.task_id,
-                        offline_push_info=request.offline_push_info,
-                        correlation_id=correlation_id,
-                        reply=False,
-                    )
+        return await _publish_each(publisher, requests, correlation_id, app, reply=False)
+
+
+async def _publish_each(
+    publisher: RecallPublisher,
+    requests: Sequence[RecallRequest],
+    correlation_id: str | None,
+    app: int | None,
+    *,
+    reply: bool,
+) -> list[Receipt]:
+    """Publish the requests in order; the first the broker does not take stops the rest, saying
+    how many were published before it."""
+    receipts: list[Receipt] = []
+    for request in requests:
+        try:
+            receipts.append(
+                await publisher.publish(
+                    request.task_id,
+                    offline_push_info=request.offline_push_info,
+                    correlation_id=correlation_id,
+                    reply=reply,
                 )
-            except Unroutable as exc:
-                raise _not_published(exc, len(receipts), app) from None
-        return receipts
+            )
+        except Unroutable as exc:
+            raise _not_published(exc, len(receipts), app) from None
+    return receipts
 
 
 async def publish_and_wait(
@@ -160,18 +173,7 @@ async def publish_and_wait(
     async with RecallPublisher(
         amqp_url, queue, app=app, exchange=exchange, reply_ttl=None
     ) as publisher:
-        receipts: list[Receipt] = []
-        for request in requests:
-            try:
-                receipts.append(
-                    await publisher.publish(
-                        request.task_id,
-                        offline_push_info=request.offline_push_info,
-                        correlation_id=correlation_id,
-                    )
-                )
-            except Unroutable as exc:
-                raise _not_published(exc, len(receipts), app) from None
+        receipts = await _publish_each(publisher, requests, correlation_id, app, reply=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
