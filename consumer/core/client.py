@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from consumer.core.redact import scrub_usersig
 from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
+from consumer.core.transport import LeanTransport
 from consumer.core.usersig import UserSigCache
 from schemas.api import RevokeResponse
 from schemas.recall import RecallRequest
@@ -40,11 +41,24 @@ MAX_HTTP_CONNECTIONS = 100
 
 
 def make_http_client(
-    connect_timeout_s: float, read_timeout_s: float, *, connections: int = 4
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    *,
+    connections: int = 4,
+    transport: Literal["lean", "httpcore"] = "lean",
 ) -> httpx.AsyncClient:
     """One keep-alive client per process, with explicit timeouts; `connections` at once (a few
-    per app with a call in flight: each lane makes one call at a time)."""
+    per app with a call in flight: each lane makes one call at a time); `transport` below it."""
     timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+    if transport == "lean":
+        lean = LeanTransport(
+            max_connections=connections,
+            keepalive_expiry=60.0,
+            ssl_context=httpx.create_ssl_context(trust_env=False),  # httpx's CAs (certifi)
+        )
+        return httpx.AsyncClient(
+            timeout=timeout, transport=lean, follow_redirects=False, trust_env=False
+        )
     limits = httpx.Limits(
         max_connections=connections,
         max_keepalive_connections=max(2, connections // 2),

@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop", validation_alias=_env("RECALL_EVENT_LOOP")
     )
+    # lean: consumer/core/transport.py under httpx, half the CPU of httpcore's per call
+    http_transport: Literal["lean", "httpcore"] = Field(
+        default="lean", validation_alias=_env("RECALL_HTTP_TRANSPORT")
+    )
     http_host: str = Field(default="0.0.0.0", validation_alias=_env("RECALL_HTTP_HOST"))
     http_port: int = Field(default=9464, validation_alias=_env("RECALL_HTTP_PORT"), ge=0, le=65535)
     log_format: Literal["auto", "json", "console"] = Field(

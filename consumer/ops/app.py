@@ -104,7 +104,10 @@ async def run_worker(settings: Settings, apps: list[App] | None = None) -> None:
     # One keep-alive pool for every lane: a few connections per API host in use at once.
     pool = min(max(4, len(apps)), MAX_HTTP_CONNECTIONS)
     async with make_http_client(
-        settings.connect_timeout_s, settings.read_timeout_s, connections=pool
+        settings.connect_timeout_s,
+        settings.read_timeout_s,
+        connections=pool,
+        transport=settings.http_transport,
     ) as http:
         worker = build_worker(settings, http, apps=apps)
         loop = asyncio.get_running_loop()
