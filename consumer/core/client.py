@@ -56,9 +56,7 @@ def make_http_client(
             keepalive_expiry=60.0,
             ssl_context=httpx.create_ssl_context(trust_env=False),  # httpx's CAs (certifi)
         )
-        return httpx.AsyncClient(
-            timeout=timeout, transport=lean, follow_redirects=False, trust_env=False
-        )
+        return DirectClient(lean, timeout)
     limits = httpx.Limits(
         max_connections=connections,
         max_keepalive_connections=max(2, connections // 2),
@@ -67,6 +65,43 @@ def make_http_client(
     return httpx.AsyncClient(
         timeout=timeout, limits=limits, follow_redirects=False, trust_env=False
     )
+
+
+class DirectClient(httpx.AsyncClient):
+    """An httpx.AsyncClient whose `send` hands a request straight to its transport.
+
+    The revoke call uses no cookies, auth, redirects or event hooks; AsyncClient's handling of
+    them (a cookie jar fed every answer through urllib's Request) was a tenth of a call's CPU.
+    Anything that asks for them (`stream=True`, an `auth`, redirects) goes the usual way.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: httpx.Timeout) -> None:
+        super().__init__(
+            timeout=timeout, transport=transport, follow_redirects=False, trust_env=False
+        )
+        self._direct = transport
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Send `request` as is and read its answer (see the class docstring)."""
+        plain = auth is httpx.USE_CLIENT_DEFAULT and follow_redirects in (
+            httpx.USE_CLIENT_DEFAULT,
+            False,
+        )
+        if stream or not plain or self.is_closed:
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        response = await self._direct.handle_async_request(request)
+        response.request = request
+        await response.aread()
+        return response
 
 
 class RevokeClient:

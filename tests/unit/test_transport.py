@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from consumer.core.client import make_http_client
+from consumer.core.client import DirectClient, make_http_client
 from consumer.core.transport import ANSWERED, SENT, LeanTransport
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -71,7 +71,8 @@ async def serving() -> AsyncIterator[tuple[Server, str]]:
 
 
 def client(**kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=LeanTransport(**kwargs), timeout=2.0)
+    """The worker's client: DirectClient over the lean transport."""
+    return DirectClient(LeanTransport(**kwargs), httpx.Timeout(2.0))
 
 
 async def test_keeps_the_connection_alive_and_sends_what_httpx_built() -> None:
@@ -216,3 +217,17 @@ async def test_the_worker_client_uses_it_unless_told_otherwise() -> None:
                 assert (await http.get(f"{url}/ok")).status_code == 200
                 inner = http._transport  # noqa: SLF001 (which transport, and nothing else)
                 assert isinstance(inner, LeanTransport) == (kind == "lean")
+
+
+async def test_the_direct_client_answers_like_httpx_and_keeps_no_cookies() -> None:
+    async with serving() as (server, url), client() as http:
+        server.answers[b"/gone"] = _send(
+            b"HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nContent-Length: 4\r\n\r\ngone"
+        )
+        response = await http.get(f"{url}/gone")
+        with pytest.raises(httpx.HTTPStatusError, match="404"):
+            response.raise_for_status()
+        assert response.request.url.path == "/gone"
+        await http.get(f"{url}/ok")
+    assert not http.cookies
+    assert b"cookie:" not in server.requests[-1].lower()
