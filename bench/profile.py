@@ -23,7 +23,10 @@ from bench import e2e, outputs
 
 PARTS = (  # (label, marks of its frames): a sample counts for the first part its stack shows
     ("logging (structlog, logging, JSON lines)", ("structlog", "logging/", "observability")),
-    ("HTTP client (httpx, httpcore, h11, transport.py)", ("httpx", "httpcore", "h11/", "anyio", "client.py", "transport.py")),
+    (
+        "HTTP client (httpx, httpcore, h11, transport.py)",
+        ("httpx", "httpcore", "h11/", "anyio", "client.py", "transport.py"),
+    ),
     ("AMQP (aio-pika, aiormq, pamqp)", ("aio_pika", "aiormq", "pamqp")),
     ("settling (settle.py, stream.py)", ("settle.py", "stream.py")),
     ("reading a delivery (envelope, identity)", ("envelope.py", "identity.py")),

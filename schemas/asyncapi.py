@@ -24,6 +24,7 @@ from schemas.events import (
     H_ERROR_INFO,
     H_ERROR_SOURCE,
     H_FIRST_SEEN,
+    H_NEXT_CALL_MS,
     H_SDKAPPID,
     H_TRACEPARENT,
     ResultEvent,
@@ -119,7 +120,16 @@ def _event_message() -> dict[str, Any]:
             "The request's message_id and correlation_id, copied; `type` tells events from "
             "anything else on the stream.",
             required=["type", "content_type"],
-            table={},
+            table={
+                "properties": {
+                    H_NEXT_CALL_MS: {
+                        "type": "integer",
+                        "description": "Unix ms: the earliest moment the replica that told the "
+                        "event would call for the app again (its pacer's next slot). A replica "
+                        "taking the app over reads it; other subscribers may ignore it.",
+                    }
+                }
+            },
             type={"type": "string", "const": RESULT_TYPE},
         ),
         "correlationId": {"location": "$message.header#/correlation_id"},

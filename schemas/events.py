@@ -33,6 +33,9 @@ H_EXPIRES_AT = "x-recall-expires-at-ms"  # when the producer's `expiration` runs
 H_REPLAY = "x-recall-replay"
 H_DEAD_LETTER_ID = "x-recall-dead-letter-id"
 H_SDKAPPID = "x-recall-sdkappid"  # the app a dead letter was for
+# On a results event or `called` record: its replica's next slot for the app (unix ms). A header,
+# not a field: subscribers that read the event alone are unchanged.
+H_NEXT_CALL_MS = "x-recall-next-call-ms"
 RECALL_ERROR_HEADERS = (
     H_ERROR_CODE,
     H_ERROR_INFO,

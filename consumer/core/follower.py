@@ -29,7 +29,13 @@ from pydantic import ValidationError
 
 from consumer.core.memory import RECALL_WINDOW_S, RecallMemory
 from consumer.core.settle import SETTLE_ERRORS
-from consumer.core.stream import LANE_TYPE, MARKER_TYPE, RESULT_TYPE, StreamWriter
+from consumer.core.stream import (
+    LANE_TYPE,
+    MARKER_TYPE,
+    RESULT_TYPE,
+    StreamWriter,
+    next_call_of,
+)
 from schemas.events import LaneEvent, ResultEvent
 
 PREFETCH = 1000
@@ -155,12 +161,13 @@ class ResultsFollower:
             with contextlib.suppress(ValidationError, ValueError):
                 event = ResultEvent.model_validate_json(message.body)
                 self.events += 1
-                self.memory.remember_event(event, self._clock())
+                self.memory.remember_event(event, self._clock(), next_call_of(props.headers))
         elif props.message_type == LANE_TYPE and not own:
             with contextlib.suppress(ValidationError, ValueError):
                 lane = LaneEvent.model_validate_json(message.body)
                 if lane.state == "called":
-                    self.memory.note_call(lane.sdkappid, lane.at.timestamp())
+                    at, next_call = lane.at.timestamp(), next_call_of(props.headers)
+                    self.memory.note_call(lane.sdkappid, at, next_call)
         elif props.message_type == MARKER_TYPE:
             read = self._markers.get(props.message_id or "")
             if read is not None and not read.done():

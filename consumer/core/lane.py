@@ -39,13 +39,12 @@ from consumer.core.policy import (
 from consumer.core.prepare import PrepareRules, Refuse, prepare
 from consumer.core.recaller import Recaller, RetryRules
 from consumer.core.settle import Journal, Settled, Settler, Step
+from consumer.core.takeover import first_call
 from consumer.core.topology import Topology
 from consumer.core.verdict import Verdict, before_call, decide, halting, local, no_call
 from schemas.events import LaneState
 
 STUCK_MARGIN_S = 120.0  # settle steps retried, a slot waited for: beyond this, not progressing
-# Another replica's settle time is its clock's: a takeover allows this much disagreement.
-CLOCK_MARGIN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -351,6 +350,7 @@ class Lane:
             sdkappid=self.app,
             before_ack=hand_over if self._stopping.is_set() else None,
             call_record=record,
+            next_call=self.next_call_at(),
         )
         if Step.RESULT_EVENT in progress.done or Step.CALL_RECORD in progress.done:
             self._untold_call = False
@@ -364,30 +364,32 @@ class Lane:
             )
         return settled
 
+    def next_call_at(self) -> float:
+        """When this lane may call next (unix seconds): told with each settle, for a takeover."""
+        return self._clock() + self.pacer.delay()
+
     async def _take_over(self, *, redelivered: bool) -> None:
         """First delivery since subscribing: we may have just become the app's active consumer,
-        and the replica before us may have called just now. Its first call waits:
-
-        - a redelivery: one interval from now. The replica before us held it and may have
-          called for it at any moment until the broker gave it to us.
-        - a fresh delivery: one interval after the last settle told for the app, by any
-          replica (plus a margin for clocks). The replica before us had acked everything it
-          took, and tells each settle before its ack, so its last call came before that. An
-          app idle for a while is then called for at once.
-        """
+        and the replica before us may have called just now. Its first call waits as
+        consumer/core/takeover.py decides: one interval after the last settle told for the app
+        (an app idle for a while is called for at once), or, for a redelivery that may have been
+        called for, one interval from its receipt."""
         self.active = True
-        if redelivered:
-            self.pacer.hold()
+        received, waiting_from = self._clock(), self.pacer.now()
         self._observer.active(self.app, True)
         # A chain the replica before us told just before it died must be in the memory.
         current = await self._host.caught_up(self.config.takeover_budget_s)
-        last = self.memory.last_told_at()
-        if not redelivered and current:
-            wait = (last or float("-inf")) + self.pacer.interval_s + CLOCK_MARGIN_S - self._clock()
-            if wait > 0:
-                self.pacer.push_back(wait)
-        elif not redelivered:  # the memory is behind: nothing known, the safe rule
-            self.pacer.hold()
+        first = first_call(
+            redelivered=redelivered,
+            received=received,
+            memory_current=current,
+            last_told=self.memory.last_told_at(),
+            next_call=self.memory.next_call_at(),
+            interval_s=self.pacer.interval_s,
+        )
+        # On the pacer's clock, counted from the receipt (catching up took some of the wait).
+        self.pacer.not_before(waiting_from + first.at - received)
+        self.log.debug("lane_first_call", rule=first.rule, wait_s=round(first.at - received, 3))
         recalled = self.memory.memory.sizes().get("recalled", 0)
         self._host.announce(self, "active")
         if current:

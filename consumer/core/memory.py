@@ -100,6 +100,9 @@ class RecallMemory:
         # The latest settle told for each app, by any replica: a replica taking an app over
         # places its first call one interval after it (see Lane._take_over). One per app.
         self.last_told: dict[int | None, float] = {}
+        # The earliest next call the replica that told it had placed (its pacer's next slot,
+        # unix seconds): a redelivery received before it was not called for (Lane._take_over).
+        self.next_call: dict[int | None, float] = {}
         self._ranks = {rank: _Window(window_s) for rank in RANKS}
         self.evicted: dict[str, int] = dict.fromkeys(RANKS, 0)  # since start, for a metric
 
@@ -166,23 +169,37 @@ class RecallMemory:
         for window in self._ranks.values():
             window.clear()
 
-    def note_call(self, app: int | None, at: float) -> None:
-        """A call for `app` at `at` that no results event tells (a replica recorded it)."""
+    def note_call(self, app: int | None, at: float, next_call: float | None = None) -> None:
+        """A call for `app` at `at` that no results event tells (a replica recorded it), and
+        when that replica would call next."""
         if at > self.last_told.get(app, float("-inf")):
             self.last_told[app] = at
+            if next_call is None:
+                self.next_call.pop(app, None)  # a call later than the slot we knew: unknown
+        self.note_next_call(app, at, next_call)
+
+    def note_next_call(self, app: int | None, at: float, next_call: float | None) -> None:
+        """The next slot told with the latest settle `at` of `app` (by a replica's pacer)."""
+        if next_call is not None and at >= self.last_told.get(app, float("-inf")):
+            self.next_call[app] = max(next_call, self.next_call.get(app, float("-inf")))
 
     def for_app(self, app: int | None) -> AppMemory:
         """One app's view of this memory."""
         return AppMemory(self, app)
 
-    def remember_event(self, event: ResultEvent, now: float) -> None:
+    def remember_event(
+        self, event: ResultEvent, now: float, next_call: float | None = None
+    ) -> None:
         """What a told event means for later requests of its app: a recalled or expired TaskId,
-        a lineage."""
+        a lineage; and `next_call`, its replica's next slot for the app, when the stream said."""
         app = event.sdkappid if event.sdkappid is not None else self.default_app
         view = self.for_app(app)
         at = event.settled_at.timestamp()
         if at > self.last_told.get(app, float("-inf")):
             self.last_told[app] = at
+            if next_call is None:
+                self.next_call.pop(app, None)
+        self.note_next_call(app, at, next_call)
         local = event.source == "local"
         if event.task_id is not None:
             if event.outcome == "recalled":
@@ -221,3 +238,7 @@ class AppMemory:
     def last_told_at(self) -> float | None:
         """When a settle of this app was last told, by any replica (unix seconds)."""
         return self.memory.last_told.get(self.app)
+
+    def next_call_at(self) -> float | None:
+        """The next slot the replica of the last told settle had placed (unix seconds)."""
+        return self.memory.next_call.get(self.app)

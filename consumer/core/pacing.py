@@ -209,6 +209,10 @@ class Pacer:
         """No call before one interval from now: at start, and on taking over from a replica."""
         self._not_before = max(self._not_before, self._clock() + self.interval_s)
 
+    def not_before(self, at: float) -> None:
+        """No call before `at` on the pacer's clock (a takeover's first call)."""
+        self._not_before = max(self._not_before, at)
+
     def delay(self) -> float:
         """Seconds until the next call may start under the active rule (0: now)."""
         return max(0.0, self._not_before - self._clock())

@@ -124,7 +124,7 @@ class Session:
         event = LaneEvent(
             sdkappid=lane.app, replica=self.config.replica_id, state="called", at=datetime.now(UTC)
         )
-        return lane_message(event, self.follower.incarnation)
+        return lane_message(event, self.follower.incarnation, lane.next_call_at())
 
     def announce(self, lane: Lane, state: LaneState, reason: str | None = None) -> None:
         """Record on the results stream that this replica's lane for an app changed state (for

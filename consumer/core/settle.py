@@ -198,6 +198,7 @@ class Settler:
         sdkappid: int | None = None,
         before_ack: Callable[[], Awaitable[None]] | None = None,
         call_record: aio_pika.Message | None = None,
+        next_call: float | None = None,
     ) -> Settled:
         """Settle the delivery; with the results event when it is recalled or dead-lettered.
 
@@ -208,6 +209,7 @@ class Settler:
         `call_record` goes to the results stream before a copy (a call no event tells). On its
         `last_chance` (one more return and the broker dead-letters it unseen) a delivery is
         never given back: its steps are tried until they pass or the connection goes.
+        `next_call` (unix seconds), when the app's next call may come, goes with the event.
         """
         progress = progress or Progress()
         progress.verdict, progress.envelope = verdict, envelope
@@ -239,7 +241,7 @@ class Settler:
                 steps.append((Step.DEAD_LETTER, lambda: self._publish(dead, dlq, log)))
             if progress.event is None:
                 progress.event = result_event(message, envelope, verdict, now, sdkappid)
-            news = result_message(progress.event, self._app_id)
+            news = result_message(progress.event, self._app_id, next_call)
             stream = self._topology.results_stream
             steps.append((Step.RESULT_EVENT, lambda: self._publish(news, stream, log)))
             if envelope.reply_to is not None:

@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, FieldValue
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
-from schemas.events import LaneEvent, ResultEvent
+from schemas.events import H_NEXT_CALL_MS, LaneEvent, ResultEvent
 
 RESULT_TYPE = "tim-recall.result"
 MARKER_TYPE = "tim-recall.marker"  # written by a reader to know where "now" is in the stream
@@ -26,9 +26,13 @@ CLOSE_TIMEOUT_S = 10.0  # closing a writer's channel that failed, in the backgro
 Offset = str | int | datetime  # "first", "last", "next", an offset, or a timestamp
 
 
-def result_message(event: ResultEvent, app_id: str | None = None) -> aio_pika.Message:
-    """The AMQP message of one results event; `app_id` names the process that told it."""
+def result_message(
+    event: ResultEvent, app_id: str | None = None, next_call: float | None = None
+) -> aio_pika.Message:
+    """The AMQP message of one results event; `app_id` names the process that told it, and
+    `next_call` (unix seconds) when it would call for the app next."""
     return aio_pika.Message(
+        headers=next_call_header(next_call),
         body=event.to_json_bytes(),
         content_type="application/json",
         type=RESULT_TYPE,
@@ -40,9 +44,12 @@ def result_message(event: ResultEvent, app_id: str | None = None) -> aio_pika.Me
     )
 
 
-def lane_message(event: LaneEvent, app_id: str | None = None) -> aio_pika.Message:
+def lane_message(
+    event: LaneEvent, app_id: str | None = None, next_call: float | None = None
+) -> aio_pika.Message:
     """The AMQP message of one lane record; `app_id` names the process that wrote it."""
     return aio_pika.Message(
+        headers=next_call_header(next_call),
         body=event.to_json_bytes(),
         content_type="application/json",
         type=LANE_TYPE,
@@ -50,6 +57,17 @@ def lane_message(event: LaneEvent, app_id: str | None = None) -> aio_pika.Messag
         timestamp=event.at,
         app_id=app_id,
     )
+
+
+def next_call_header(next_call: float | None) -> dict[str, FieldValue] | None:
+    """The headers that carry `next_call` (unix seconds) as integer ms, if known."""
+    return None if next_call is None else {H_NEXT_CALL_MS: int(next_call * 1000)}
+
+
+def next_call_of(headers: Mapping[str, object] | None) -> float | None:
+    """The next slot a stream message carries (unix seconds), None when it has none."""
+    value = (headers or {}).get(H_NEXT_CALL_MS)
+    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def parse_result(message: AbstractIncomingMessage) -> ResultEvent | None:

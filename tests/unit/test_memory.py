@@ -163,3 +163,17 @@ def test_each_app_has_its_own_keys_and_an_unnamed_event_is_the_default_apps() ->
     memory.remember_event(event(task_id="old", lineage="L-old"), NOW)  # written before apps
     assert a.recalled_at("old", NOW) == NOW
     assert b.recalled_at("old", NOW) is None
+
+
+def test_the_next_slot_follows_the_latest_settle_told() -> None:
+    memory = RecallMemory()
+    view = memory.for_app(None)
+    memory.remember_event(event(at=NOW), NOW, next_call=NOW + 1.0)
+    assert (view.last_told_at(), view.next_call_at()) == (NOW, NOW + 1.0)
+    memory.remember_event(event(at=NOW - 5), NOW, next_call=NOW - 4.0)  # read late: older
+    assert (view.last_told_at(), view.next_call_at()) == (NOW, NOW + 1.0)
+    memory.note_call(None, NOW + 2, next_call=NOW + 3.0)  # a call record, later
+    assert (view.last_told_at(), view.next_call_at()) == (NOW + 2, NOW + 3.0)
+    # A later settle told without a slot (an older replica): the slot we knew is no bound.
+    memory.remember_event(event(at=NOW + 4), NOW)
+    assert (view.last_told_at(), view.next_call_at()) == (NOW + 4, None)

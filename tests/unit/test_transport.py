@@ -104,7 +104,8 @@ async def test_reports_the_two_socket_events_in_order() -> None:
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello"),
         (
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
             b"hello",
         ),
         (
@@ -139,9 +140,7 @@ async def test_connection_close_is_honoured() -> None:
     assert server.connections == 2
 
 
-async def test_a_close_without_an_answer_is_a_protocol_error_and_the_next_call_reconnects() -> (
-    None
-):
+async def test_a_close_without_an_answer_is_a_protocol_error_and_the_next_call_reconnects() -> None:
     async def drop(_: bytes, writer: asyncio.StreamWriter) -> None:
         writer.close()
 
@@ -211,11 +210,11 @@ async def test_garbage_is_a_protocol_error() -> None:
 
 
 async def test_the_worker_client_uses_it_unless_told_otherwise() -> None:
-    async with serving() as (server, url):
+    async with serving() as (_, url):
         for kind in ("lean", "httpcore"):
             async with make_http_client(1.0, 1.0, transport=kind) as http:  # type: ignore[arg-type]
                 assert (await http.get(f"{url}/ok")).status_code == 200
-                inner = http._transport  # noqa: SLF001 (which transport, and nothing else)
+                inner = http._transport
                 assert isinstance(inner, LeanTransport) == (kind == "lean")
 
 

@@ -943,28 +943,42 @@ async def test_a_call_answered_while_the_broker_is_down_is_not_asked_again(
 
 
 @pytest.mark.parametrize(
-    ("told_s_ago", "redelivered", "waits"),
+    ("told_s_ago", "next_slot_in_s", "redelivered", "wait_s"),
     [
-        (None, False, False),  # an idle app: called for at once
-        (10.0, False, False),  # its last settle long ago
-        (0.1, False, True),  # another replica told one just now: one interval after it
-        (None, True, True),  # the replica before us held it, and may have just called
+        (None, None, False, (0.0, 0.3)),  # an idle app: called for at once
+        (10.0, None, False, (0.0, 0.3)),  # its last settle long ago
+        (0.1, None, False, (0.55, 0.9)),  # told just now: one interval (and margin) after it
+        (None, None, True, (0.6, 0.9)),  # the replica before us held it, may have just called
+        # ... and told its next slot, still a second away: it had not called; after the told one
+        (0.5, 1.0, True, (0.15, 0.55)),
+        # ... its next slot was already past: it may have called just now
+        (0.8, -0.2, True, (0.6, 0.9)),
     ],
-    ids=["idle", "settled-long-ago", "settled-just-now", "redelivered"],
+    ids=[
+        "idle",
+        "settled-long-ago",
+        "settled-just-now",
+        "redelivered",
+        "redelivered-before-its-next-slot",
+        "redelivered-after-its-next-slot",
+    ],
 )
 async def test_a_takeover_places_its_first_call_after_the_last_one_that_may_have_been_made(
     broker: AmqpDouble,
     sandbox: Sandbox,
     told_s_ago: float | None,
+    next_slot_in_s: float | None,
     redelivered: bool,
-    waits: bool,
+    wait_s: tuple[float, float],
 ) -> None:
     interval = 0.6
     sandbox.config = replace(sandbox.config, min_interval=interval)
     if told_s_ago is not None:
         other = crashed_recall(sandbox.create_task(), "m-other", "other#0")
         at = datetime.fromtimestamp(time.time() - told_s_ago, UTC)
-        broker.put(RESULTS, result_message(other.model_copy(update={"settled_at": at})))
+        slot = None if next_slot_in_s is None else time.time() + next_slot_in_s
+        told = other.model_copy(update={"settled_at": at})
+        broker.put(RESULTS, result_message(told, "another-replica", slot))
     broker.put(Q, body(sandbox.create_task()))
     if redelivered:
         await hand_back(broker)
@@ -972,11 +986,8 @@ async def test_a_takeover_places_its_first_call_after_the_last_one_that_may_have
     async with running(broker, sandbox, interval_s=interval) as run:
         await run.wait_settled(1)
     (call,) = sandbox.revoke_calls()
-    waited = call.arrived - started
-    if waits:
-        assert waited >= interval - (told_s_ago or 0) - 0.05
-    else:
-        assert waited < interval / 2
+    low, high = wait_s
+    assert low - 0.05 <= call.arrived - started < high
 
 
 async def test_a_call_no_event_tells_is_recorded_for_the_next_replica(
