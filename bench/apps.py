@@ -273,13 +273,16 @@ async def replicas(
         published = set(st.task_ids)
         await poll(lambda: _recalled(st) >= published, 240, "every request recalled")
         calls = st.calls()
-    pauses = []
+    pauses, worst = [], []
     for app in victim_apps:
         arrivals = [c.arrived for c in st.calls(app)]
         before = [t for t in arrivals if t <= killed_at]
         after = [t for t in arrivals if t > killed_at]
         if before and after:
             pauses.append(after[0] - before[-1])
+            # (pause, its last call to the kill, the kill to its next call)
+            worst.append((after[0] - before[-1], killed_at - before[-1], after[0] - killed_at))
+    worst.sort(reverse=True)
     counts = [len(v) for v in spread.values()]
     return {
         "apps": len(st.apps),
@@ -290,6 +293,9 @@ async def replicas(
             "apps_moved": len(victim_apps),
             "pause_s_max": round(max(pauses), 3) if pauses else None,
             "pause_s_median": round(statistics.median(pauses), 3) if pauses else None,
+            "pauses_over_2s": sum(p > 2.0 for p in pauses),
+            # the longest 5: [pause, last call to the kill, kill to the next call]
+            "longest": [[round(x, 3) for x in w] for w in worst[:5]],
             "too_frequent": sum(
                 c.code == 90051 and killed_at < c.arrived < rejoined_at for c in calls
             ),

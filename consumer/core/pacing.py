@@ -307,4 +307,5 @@ class Pacer:
 async def sleep_unless_set(event: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `event` is set meanwhile (shutdown ends every wait)."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()

@@ -291,7 +291,9 @@ class Settler:
         while True:
             attempt += 1
             try:
-                await asyncio.wait_for(step(), STEP_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: no task of its own for every step (3.11)
+                async with asyncio.timeout(STEP_TIMEOUT_S):
+                    await step()
                 return True
             except SETTLE_ERRORS as exc:
                 if void() or _channel_gone(message):

@@ -177,11 +177,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         """Send `request` on an idle or new connection and return its whole answer."""
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         trace: Trace | None = request.extensions.get("trace")
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no connection free in time") from None
+        if self._slots.locked():  # wait for a free connection, within the pool timeout
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection free in time") from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         conn: _Conn | None = None
         keep = False
         try:
