@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -194,7 +195,7 @@ def backlog_requests(
 
 
 async def one_process(
-    workdir: Path, amqp_url: str = RABBITMQ3_URL, per_app: int = 12
+    workdir: Path, amqp_url: str = RABBITMQ3_URL, per_app: int = 40
 ) -> dict[str, Any]:
     """200 apps in one worker process, each with a backlog; one app with a wrong key."""
     async with apps_stage(workdir, amqp_url) as st:
@@ -204,7 +205,7 @@ async def one_process(
         await worker.ready(timeout=60)
         rss_idle = worker.rss_mb()
         requests = backlog_requests(st, per_app, st.apps)
-        cpu0 = worker.cpu_s()
+        cpu0, lag0 = worker.cpu_s(), await _lag_buckets(worker)
         await st.publish(requests)
         served = [a for a in st.apps if a.sdkappid != wrong]
         target = per_app * len(served)
@@ -212,9 +213,13 @@ async def one_process(
             lambda: sum(c.code == 0 for c in st.calls()) >= target, 120, "every backlog drained"
         )
         cpu = worker.cpu_s() - cpu0
+        lag = _minus(await _lag_buckets(worker), lag0)
         rss = worker.rss_mb()
         halted = (await worker.http().get("/apps")).json()["apps"]
     per_app_util = [u for a in served if (u := utilization(st.calls(a.sdkappid))) is not None]
+    worst = min(served, key=lambda a: utilization(st.calls(a.sdkappid)) or 1.0)
+    arrivals = [c.arrived for c in st.calls(worst.sdkappid)]
+    worst_gaps_ms = [round((b - a - INTERVAL_S) * 1000, 1) for a, b in itertools.pairwise(arrivals)]
     calls = st.calls()
     recalled = sum(c.code == 0 for c in calls)
     return {
@@ -222,6 +227,9 @@ async def one_process(
         "requests_per_app": per_app,
         "utilization_min": round(min(per_app_util), 4),
         "utilization_median": round(statistics.median(per_app_util), 4),
+        "worst_app_gaps_over_interval_ms": worst_gaps_ms,
+        "loop_lag_p99_ms": _quantile_ms(lag, 0.99),
+        "loop_lag_max_ms": _quantile_ms(lag, 1.0),
         "too_frequent": sum(c.code == 90051 for c in calls),
         "cpu_ms_per_recall": round(cpu * 1000 / max(recalled, 1), 3),
         "rss_mb_idle": round(rss_idle, 1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable
 from dataclasses import replace
@@ -143,6 +144,11 @@ async def run_worker(settings: Settings, apps: list[App] | None = None) -> None:
                 api=sorted({a.api_base_url for a in apps})[:10],
                 interval_s=settings.interval_s,
             )
+            # Everything made so far (modules, classes, schemas) lives as long as the process:
+            # out of the collector's sight, a full collection walks only what came after (a
+            # full one walked it all in 200 ms at 200 apps, a stall every app's call waited on).
+            gc.collect()
+            gc.freeze()
             await worker.run()
 
 
