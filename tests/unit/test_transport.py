@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -230,3 +234,41 @@ async def test_the_direct_client_answers_like_httpx_and_keeps_no_cookies() -> No
         await http.get(f"{url}/ok")
     assert not http.cookies
     assert b"cookie:" not in server.requests[-1].lower()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (openssl), and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_verifies_the_server_and_keeps_the_connection(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    server = Server()
+    srv = await asyncio.start_server(server.handle, "localhost", 0, ssl=server_side)
+    url = f"https://localhost:{srv.sockets[0].getsockname()[1]}"
+    async with srv:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        async with client(ssl_context=trusting) as http:
+            assert (await http.get(f"{url}/ok")).json() == {}
+            assert (await http.get(f"{url}/ok")).status_code == 200
+        assert server.connections == 1
+        async with client() as http:  # the default CAs do not know this certificate
+            with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|verify"):
+                await http.get(f"{url}/ok")
