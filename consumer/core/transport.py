@@ -133,6 +133,8 @@ class _Conn(asyncio.Protocol):
         """Send one request and read its answer: (status, headers, body, keep-alive)."""
         assert self.transport is not None
         self._reset()
+        if self.closed:  # closed since it was checked out: nothing would ever answer
+            raise httpx.RemoteProtocolError("the connection was closed before the request")
         self.transport.write(request)
         if self._writable is not None:  # the kernel's buffer was full: wait until it drains
             try:
