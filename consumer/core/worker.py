@@ -12,7 +12,8 @@ Shared:  the memory of recalls (by app, one ceiling) and its follower, the settl
 Words, one meaning each: lineage (one request's chain of deliveries and copies), generation
 (one copy of it), epoch (one connection), fence (no call once the broker has been silent),
 journal (what this process knows of a settlement under way), release (a copy put back with no
-call), told (its results event published).
+call), told (its results event published), next slot (when a lane would call for its app
+again: told with each settle, read by a takeover).
 """
 
 from __future__ import annotations
