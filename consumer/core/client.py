@@ -98,6 +98,8 @@ class DirectClient(httpx.AsyncClient):
             return await super().send(
                 request, stream=stream, auth=auth, follow_redirects=follow_redirects
             )
+        # httpx's send sets the client's timeouts on a request built without them; so do we
+        request.extensions.setdefault("timeout", self.timeout.as_dict())
         response = await self._direct.handle_async_request(request)
         response.request = request
         await response.aread()

@@ -272,3 +272,12 @@ async def test_https_verifies_the_server_and_keeps_the_connection(
         async with client() as http:  # the default CAs do not know this certificate
             with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|verify"):
                 await http.get(f"{url}/ok")
+
+
+async def test_a_request_built_by_hand_gets_the_client_timeouts() -> None:
+    async with serving() as (server, url), client() as http:
+        server.answers[b"/slow"] = _hang
+        http.timeout = httpx.Timeout(0.2)
+        with pytest.raises(httpx.ReadTimeout):  # not the test's own 5 s TimeoutError
+            async with asyncio.timeout(5):
+                await http.send(httpx.Request("GET", f"{url}/slow"))
