@@ -122,7 +122,7 @@ def _seconds(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _from_ms(value: Any) -> float | None:
+def seconds_from_ms(value: Any) -> float | None:
     """Unix seconds from a header in unix milliseconds."""
     ms = _int(value)
     return None if ms is None else ms / 1000
@@ -199,7 +199,7 @@ def read_envelope(message: AbstractIncomingMessage, now: float) -> Envelope:
         releases=max(0, _int(chain.get(H_RELEASES)) or 0),
         failures=max(0, _int(chain.get(H_FAILURES)) or 0),
         halts=max(0, _int(chain.get(H_HALTS)) or 0),
-        halted_at=_from_ms(chain.get(H_HALTED_AT)),
+        halted_at=seconds_from_ms(chain.get(H_HALTED_AT)),
         expires_at=_expires_at(message, chain, sent_at, now),
         published_at=sent_at,
         **_trace(headers.get(H_TRACEPARENT)),
@@ -212,7 +212,7 @@ def _expires_at(
 ) -> float | None:
     """When the producer's `expiration` runs out: carried by a copy, else from the TTL counted
     from the publication (the AMQP timestamp) or, without one, from now."""
-    carried = _from_ms(chain.get(H_EXPIRES_AT))
+    carried = seconds_from_ms(chain.get(H_EXPIRES_AT))
     if carried is not None:
         return carried
     ttl = message.expiration

@@ -172,14 +172,14 @@ class RecallMemory:
     def note_call(self, app: int | None, at: float, next_call: float | None = None) -> None:
         """A call for `app` at `at` that no results event tells (a replica recorded it), and
         when that replica would call next."""
+        self._note_told(app, at, next_call)
+
+    def _note_told(self, app: int | None, at: float, next_call: float | None) -> None:
+        """A settle or call of `app` told at `at`, with its replica's next slot if it said."""
         if at > self.last_told.get(app, float("-inf")):
             self.last_told[app] = at
             if next_call is None:
                 self.next_call.pop(app, None)  # a call later than the slot we knew: unknown
-        self.note_next_call(app, at, next_call)
-
-    def note_next_call(self, app: int | None, at: float, next_call: float | None) -> None:
-        """The next slot told with the latest settle `at` of `app` (by a replica's pacer)."""
         if next_call is not None and at >= self.last_told.get(app, float("-inf")):
             self.next_call[app] = max(next_call, self.next_call.get(app, float("-inf")))
 
@@ -195,11 +195,7 @@ class RecallMemory:
         app = event.sdkappid if event.sdkappid is not None else self.default_app
         view = self.for_app(app)
         at = event.settled_at.timestamp()
-        if at > self.last_told.get(app, float("-inf")):
-            self.last_told[app] = at
-            if next_call is None:
-                self.next_call.pop(app, None)
-        self.note_next_call(app, at, next_call)
+        self._note_told(app, at, next_call)
         local = event.source == "local"
         if event.task_id is not None:
             if event.outcome == "recalled":

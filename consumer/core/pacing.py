@@ -207,7 +207,7 @@ class Pacer:
 
     def hold(self) -> None:
         """No call before one interval from now: at start, and on taking over from a replica."""
-        self._not_before = max(self._not_before, self._clock() + self.interval_s)
+        self.not_before(self._clock() + self.interval_s)
 
     def not_before(self, at: float) -> None:
         """No call before `at` on the pacer's clock (a takeover's first call)."""

@@ -165,8 +165,6 @@ class Recaller:
         delivery is no longer `ours`."""
         state = RecallState(history=history)
         started = time.monotonic()
-        if self._stopping.is_set():
-            return state  # shutting down: no new call, settle what we have
         # The first call outside tenacity: most requests end with it, and a retrying object per
         # request (its state refers back to it) was cyclic garbage the collector had to find,
         # 50 objects a recall, walked in full collections that stalled every lane.

@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from aio_pika.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 
+from consumer.core.envelope import seconds_from_ms
 from schemas.events import H_NEXT_CALL_MS, LaneEvent, ResultEvent
 
 RESULT_TYPE = "tim-recall.result"
@@ -66,8 +67,7 @@ def next_call_header(next_call: float | None) -> dict[str, FieldValue] | None:
 
 def next_call_of(headers: Mapping[str, object] | None) -> float | None:
     """The next slot a stream message carries (unix seconds), None when it has none."""
-    value = (headers or {}).get(H_NEXT_CALL_MS)
-    return value / 1000 if isinstance(value, int) and not isinstance(value, bool) else None
+    return seconds_from_ms((headers or {}).get(H_NEXT_CALL_MS))
 
 
 def parse_result(message: AbstractIncomingMessage) -> ResultEvent | None:

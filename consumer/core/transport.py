@@ -187,10 +187,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 raise httpx.PoolTimeout("no connection free in time") from None
         else:
             await self._slots.acquire()  # free: returns at once
+        origin = _origin(request.url)  # where a connection is taken from and put back
         conn: _Conn | None = None
         keep = False
         try:
-            conn = await self._checkout(request, timeouts)
+            conn = await self._checkout(origin, timeouts)
             await request.aread()
             status, headers, body, keep = await conn.exchange(_head(request), timeouts, trace)
             return httpx.Response(
@@ -199,10 +200,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
         finally:
             self._slots.release()
             if conn is not None:
-                self._checkin(request, conn, keep)
+                self._checkin(origin, conn, keep)
 
-    async def _checkout(self, request: httpx.Request, timeouts: dict[str, float | None]) -> _Conn:
-        origin = _origin(request.url)
+    async def _checkout(
+        self, origin: tuple[str, str, int], timeouts: dict[str, float | None]
+    ) -> _Conn:
         idle = self._idle.get(origin)
         now = time.monotonic()
         while idle:
@@ -212,12 +214,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._drop(conn)
         return await self._connect(origin, timeouts)
 
-    def _checkin(self, request: httpx.Request, conn: _Conn, keep: bool) -> None:
+    def _checkin(self, origin: tuple[str, str, int], conn: _Conn, keep: bool) -> None:
         if not keep or conn.closed:
             self._drop(conn)
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(_origin(request.url), deque()).append(conn)
+        self._idle.setdefault(origin, deque()).append(conn)
 
     def _drop(self, conn: _Conn) -> None:
         conn.abort()
