@@ -65,19 +65,22 @@ def _context() -> list[Processor]:
     ]
 
 
-def line_formatter(redactor: Redactor, *, console: bool) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter of the one handler: tracebacks to an `exception` field, scrubbed, rendered."""
+def line_processors(redactor: Redactor, *, console: bool) -> list[Processor]:
+    """What every line goes through last: tracebacks to an `exception` field, scrubbed, rendered."""
     renderer: Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
+    # A library record's exc_info becomes a string field here, never text after the line.
+    return [structlog.processors.format_exc_info, ScrubSecrets(redactor), renderer]
+
+
+def line_formatter(redactor: Redactor, *, console: bool) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of the one handler, for the standard library's records."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_context(),
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            # A library record's exc_info becomes a string field here, never text after the line.
-            structlog.processors.format_exc_info,
-            ScrubSecrets(redactor),
-            renderer,
+            *line_processors(redactor, console=console),
         ],
     )
 
@@ -87,9 +90,30 @@ class _OneStreamHandler(logging.StreamHandler[TextIO]):
 
     _failing = threading.local()
 
-    def __init__(self, stream: TextIO, *, json_lines: bool) -> None:
+    def __init__(self, stream: TextIO, redactor: Redactor, *, json_lines: bool) -> None:
         super().__init__(stream)
         self.json_lines = json_lines
+        self.setFormatter(line_formatter(redactor, console=not json_lines))
+        self._last = line_processors(redactor, console=not json_lines)
+
+    def write_event(self, name: str, method: str, event_dict: EventDict) -> None:
+        """One structlog event, through the same last processors as a record, as one line."""
+        try:
+            line: Any = event_dict
+            for processor in self._last:
+                line = processor(None, method, line)
+            self.acquire()
+            try:
+                self.stream.write(f"{line}{self.terminator}")
+                self.flush()
+            finally:
+                self.release()
+        except Exception:  # as logging.Handler.emit: never raise into the caller
+            record = logging.LogRecord(
+                name, logging.ERROR, "", 0, str(event_dict.get("event")), None, None
+            )
+            record.levelname = method.upper()
+            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
@@ -106,6 +130,60 @@ class _OneStreamHandler(logging.StreamHandler[TextIO]):
             )
         finally:
             self._failing.active = False
+
+
+class _EventLogger:
+    """structlog's logger: each event goes to the root's one handler as it is, with no
+    LogRecord and no second formatting pass on the way (half a log line's cost)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the module that asked for it, as the standard library names it
+
+    def msg(self, event_dict: EventDict, method: str = "info") -> None:
+        """Write the event through the handler in place now (`configure_logging` replaces it)."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, _OneStreamHandler):
+                handler.write_event(self.name, method, event_dict)
+                return
+
+    def debug(self, event_dict: EventDict) -> None:
+        """As `msg`."""
+        self.msg(event_dict, "debug")
+
+    def info(self, event_dict: EventDict) -> None:
+        """As `msg`."""
+        self.msg(event_dict, "info")
+
+    def warning(self, event_dict: EventDict) -> None:
+        """As `msg`."""
+        self.msg(event_dict, "warning")
+
+    def error(self, event_dict: EventDict) -> None:
+        """As `msg`."""
+        self.msg(event_dict, "error")
+
+    def critical(self, event_dict: EventDict) -> None:
+        """As `msg`."""
+        self.msg(event_dict, "critical")
+
+    warn = warning
+    exception = error
+    fatal = critical
+
+
+class _EventLoggerFactory:
+    """Names a logger as structlog's stdlib factory would: the caller's module unless given."""
+
+    def __init__(self) -> None:
+        self._names = structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])
+
+    def __call__(self, *args: Any) -> _EventLogger:
+        return _EventLogger(self._names(*args).name)
+
+
+def _as_event(logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+    # The last processor: the event dict itself is what `_EventLogger` receives.
+    return (event_dict,), {}
 
 
 def _log_uncaught(
@@ -164,8 +242,7 @@ def configure_logging(
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     threshold = logging.getLevelNamesMapping()[level.upper()]
 
-    handler = _OneStreamHandler(out, json_lines=not console)
-    handler.setFormatter(line_formatter(redactor, console=console))
+    handler = _OneStreamHandler(out, redactor, json_lines=not console)
     # On the handler too: a library logger with its own lower level still stops here.
     handler.setLevel(threshold)
     root = logging.getLogger()
@@ -185,10 +262,10 @@ def configure_logging(
         processors=[
             *_context(),
             structlog.processors.format_exc_info,  # while the exception is still current
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            _as_event,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=_EventLoggerFactory(),
         cache_logger_on_first_use=True,
     )
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from consumer.core.client import RevokeClient
+from consumer.core.client import RevokeClient, with_query
 from consumer.core.results import ApiAnswer, ApiResult, FailureKind, TransportFailure
 from consumer.core.usersig import UserSigCache
 from schemas.recall import RecallRequest
@@ -135,3 +135,46 @@ async def test_error_info_echoing_the_usersig_is_scrubbed() -> None:
     assert isinstance(result, ApiAnswer)
     assert result.code == 70003
     assert sig not in result.info
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        BASE + "/v4/timpush/revoke?usersig=eJw1zV%2Bz&identifier=admin&sdkappid=1&contenttype=json",
+        "http://127.0.0.1:8080/v4/timpush/revoke?a=1",
+        "http://[::1]:8080/x/y",
+    ],
+)
+def test_with_query_is_what_a_full_parse_gives(url: str) -> None:
+    # with_query skips httpx's parse of the signed part: it must give the very URL a full
+    # parse of the whole string gives, whatever httpx's version keeps inside a URL.
+    added = with_query(httpx.URL(url), "random=4294967295")
+    sep = "&" if "?" in url else "?"
+    full = httpx.URL(f"{url}{sep}random=4294967295")
+    assert added == full
+    assert (added.raw_path, added.netloc, added.scheme) == (full.raw_path, full.netloc, full.scheme)
+    assert str(added) == str(full)
+
+
+def test_with_query_checks_what_it_adds() -> None:
+    with pytest.raises(httpx.InvalidURL):
+        with_query(httpx.URL(BASE + "/x?a=1"), "random=1\n")
+
+
+async def test_request_carries_the_clients_default_headers_as_build_request_would() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport, headers={"X-Team": "recall"}) as http:
+        await RevokeClient(http, BASE, APP, "administrator", usersigs()).revoke(REQUEST)
+        built = http.build_request("POST", BASE, content=b"{}", headers={"Content-Type": "x"})
+    (request,) = seen
+    assert request.headers["x-team"] == "recall"
+    assert request.headers["content-type"] == "application/json"
+    names = {k for k in built.headers if k not in ("content-length", "content-type")}
+    assert names <= set(request.headers)
+    assert request.extensions["timeout"] == http.timeout.as_dict()
