@@ -14,6 +14,7 @@ _URL_PASSWORD = re.compile(
 # A UserSig is zlib-compressed JSON in Tencent's base64: it starts with a zlib header, 0x78 then
 # 0x01/0x5e/0x9c/0xda by compression level ("eA", "eF", "eJ", "eN"), and is long.
 _USERSIG_TOKEN = re.compile(r"(?<![A-Za-z0-9])e[AFJN][A-Za-z0-9*\-_+/=]{40,}")
+_USERSIG_TOKEN_MIN = 42  # the shortest text the pattern can match
 
 
 class Redactor:
@@ -31,9 +32,13 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        text = _USERSIG_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+        # Each pattern only where it can match (a dozen strings per log line, most short).
+        if "=" in text:
+            text = _USERSIG_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
         if "@" in text:
             text = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text)
+        if len(text) < _USERSIG_TOKEN_MIN:
+            return text
         return _USERSIG_TOKEN.sub(REDACTED, text)
 
 

@@ -23,9 +23,9 @@ import structlog
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
-    AbstractIncomingMessage,
     AbstractQueue,
 )
+from aiormq.abc import DeliveredMessage
 
 from consumer.core.backoff import Backoff
 from consumer.core.broker import connect
@@ -155,12 +155,17 @@ class Session:
         tag = f"tim-recall.{self.config.replica_id}.{lane.app}.{self._tags}"
         if lane.active:  # its first delivery on this consumer tells it is active again
             lane.lost()
-        lane.consumer_tag = await queue.consume(
-            self._on_message(lane),
+        # Straight on aiormq's channel, as aio-pika's Queue.consume does, without its two
+        # extra tasks per delivery (its wrapper's and a shielded wait): see `_on_delivery`.
+        raw = await channel.get_underlay_channel()
+        await raw.basic_consume(
+            topology.queue,
+            self._on_delivery(lane),
             arguments={"x-priority": lane.config.priority},
             consumer_tag=tag,
         )
-        self._by_tag[lane.consumer_tag] = (lane, queue, channel)
+        lane.consumer_tag = tag
+        self._by_tag[tag] = (lane, queue, channel)
         self._load[id(channel)] += 1
         lane.log.info("consumer_registered", consumer_tag=lane.consumer_tag)
 
@@ -294,19 +299,17 @@ class Session:
             self._load[id(found[2])] -= 1
         return found
 
-    def _on_message(
-        self, lane: Lane
-    ) -> Callable[[AbstractIncomingMessage], Coroutine[Any, Any, None]]:
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            # aio-pika cancels this callback when its channel closes; the handling goes on in a
-            # task of ours, so a call in flight finishes and what it learned stays in the
-            # journal for the redelivery.
+    def _on_delivery(self, lane: Lane) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        async def on_delivery(delivered: DeliveredMessage) -> None:
+            # aiormq runs this in a task it cancels when the channel closes; the handling goes
+            # on in a task of ours, so a call in flight finishes and what it learned stays in
+            # the journal for the redelivery. (Prefetch 1 bounds the tasks: one per lane.)
+            message = aio_pika.IncomingMessage(delivered, no_ack=False)
             task = asyncio.create_task(lane.handle(message), name=f"delivery-{lane.app}")
             self.handling.add(task)
             task.add_done_callback(self.handling.discard)
-            await asyncio.shield(task)
 
-        return on_message
+        return on_delivery
 
     def _watch(self, channel: AbstractChannel, name: str, connection: AbstractConnection) -> None:
         """The broker can end consumption while the connection lives: a channel closed (a

@@ -34,7 +34,15 @@ class ScrubSecrets:
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         """Scrub every string value, nested ones included."""
-        scrubbed: EventDict = self._scrub(event_dict)
+        redact, scrubbed = self._redact, {}
+        for key, value in event_dict.items():  # the top level inline: most values are plain
+            kind = type(value)
+            if kind is str:
+                scrubbed[key] = redact(value)
+            elif value is None or kind is int or kind is float or kind is bool:
+                scrubbed[key] = value
+            else:
+                scrubbed[key] = self._scrub(value)
         return scrubbed
 
     def _scrub(self, value: Any) -> Any:

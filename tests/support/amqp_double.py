@@ -533,16 +533,18 @@ class DoubleChannel:
         consumer_callback: Callback,
         *,
         arguments: dict[str, Any] | None = None,
+        consumer_tag: str | None = None,
     ) -> spec.Basic.ConsumeOk:
         """Consume `queue` at the aiormq level (the callback gets a `DeliveredMessage`); a
-        stream from `x-stream-offset`, a timestamp (all this double reads a stream with)."""
+        stream from `x-stream-offset`, a timestamp (all this double reads a stream with).
+        A consumer priority in `arguments` is taken and ignored, as by `DoubleQueue.consume`."""
         self._check_open()
         target = self.broker._queues.get(queue)
         if target is None:
             error = ChannelNotFoundEntity(f"NOT_FOUND - no queue {queue!r}")
             self.broker._close_channel(self, error)
             raise error
-        consumer = self._subscribe(target, consumer_callback, raw=True)
+        consumer = self._subscribe(target, consumer_callback, raw=True, tag=consumer_tag)
         if target.stream:
             offset = (arguments or {}).get("x-stream-offset")
             if isinstance(offset, datetime):

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from consumer.core import redact
 from consumer.core.redact import REDACTED, Redactor
 from consumer.core.usersig import make_usersig
 from consumer.ops.observability import ScrubSecrets
@@ -94,3 +97,34 @@ def test_namedtuple_value_is_scrubbed_without_error() -> None:
     event: Any = scrub()(None, "info", {"event": "x", "peer": pair("h", SECRET)})
     assert SECRET not in repr(event)
     assert list(event["peer"]) == ["h", REDACTED]
+
+
+_PIECES = st.sampled_from(
+    [
+        "usersig=",
+        "UserSig=",
+        "&",
+        "@",
+        ":",
+        "//",
+        "amqp://u:p",
+        "eJ",
+        "eA",
+        "x",
+        "=",
+        " ",
+        "a1b2",
+        "eN" + "zA" * 20,
+    ]
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=12)), max_size=30).map("".join))
+def test_the_quick_checks_skip_only_what_cannot_match(text: str) -> None:
+    # The redactor runs a pattern only where it can match; every pattern on every text
+    # must give the same result.
+    expected = redact._USERSIG_QUERY.sub(lambda m: m.group(1) + REDACTED, text)
+    expected = redact._URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", expected)
+    expected = redact._USERSIG_TOKEN.sub(REDACTED, expected)
+    assert Redactor()(text) == expected
