@@ -27,6 +27,7 @@ from bench import (
     apps,
     cluster,
     e2e,
+    floor,
     link,
     load,
     memory_flood,
@@ -94,6 +95,8 @@ async def scenarios(workdir: Path, clock: Clock) -> tuple[dict[str, Any], list[A
     )
     # A producer publishing into a running worker, INFO logs: what a recall costs end to end.
     results["overhead"] = await clock.time("overhead end to end", lambda: e2e.end_to_end(workdir))
+    # The same round trips with nothing of the worker's own: the floor under the figure above.
+    results["overhead"]["floor"] = await clock.time("the floor under a recall", floor.floor)
     # Many apps: 200 in one process, one flooded, limits lifted over 50 lanes, and 3 replicas
     # sharing 200 apps on RabbitMQ 4 (scripts/rabbitmq4.sh, port 5680) with a kill and a rejoin.
     results["apps"] = await clock.time("many apps", lambda: apps.run(workdir))
