@@ -55,7 +55,14 @@ def _tracer() -> Any:
         return None
     from opentelemetry import trace  # noqa: PLC0415 (only with the extra)
 
-    provider = trace.get_tracer_provider()
+    return _tracer_of(trace.get_tracer_provider())
+
+
+@functools.lru_cache(maxsize=1)
+def _tracer_of(provider: Any) -> Any:
+    # Three times a delivery: worked out once per provider (a provider set later is another).
+    from opentelemetry import trace  # noqa: PLC0415 (only with the extra)
+
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None  # nothing configured: no span objects at all
     return provider.get_tracer("tim-recall")

@@ -194,8 +194,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
             conn = await self._checkout(origin, timeouts)
             await request.aread()
             status, headers, body, keep = await conn.exchange(_head(request), timeouts, trace)
+            # As httpcore's transport answers: the server's own headers and a stream of the
+            # body (`content=` would work out a Content-Length and rebuild the headers).
             return httpx.Response(
-                status, headers=headers, content=body, extensions={"http_version": b"HTTP/1.1"}
+                status,
+                headers=headers,
+                stream=httpx.ByteStream(body),
+                extensions={"http_version": b"HTTP/1.1"},
             )
         finally:
             self._slots.release()
