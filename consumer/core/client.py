@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
@@ -20,6 +21,7 @@ from schemas.recall import RecallRequest
 REVOKE_PATH = "/v4/timpush/revoke"
 JSON_HEADERS = {"Content-Type": "application/json"}
 RANDOM_RANGE = 2**32  # `random` is an unsigned 32-bit integer
+_QUERY_AS_IS = re.compile(r"[A-Za-z0-9._~=&-]*")  # what httpx's parse leaves as it is in a query
 # httpcore's trace events (`<http11|http2>.<step>.<started|complete|failed>`) that bound the call
 # at the socket: the request's last byte handed to the kernel, the answer's headers read from it.
 SENT_EVENT = ".send_request_body.complete"
@@ -192,11 +194,12 @@ class RevokeClient:
 def with_query(url: httpx.URL, more: str) -> httpx.URL:
     """`url` with `more` (`name=value`, URL-safe) added to its query, without parsing it again."""
     parsed = getattr(url, "_uri_reference", None)
-    if parsed is None or not more.isascii() or not more.isprintable() or "#" in more:
+    if parsed is None or not _QUERY_AS_IS.fullmatch(more):
         query = f"{url.query.decode()}&{more}" if url.query else more
         return httpx.URL(url, query=query.encode())
     # httpx's own copy (URL(url, query=...)) re-checks the whole query a character at a time;
-    # the signed part was checked when parsed, and `more` is checked above. Its parsed form is
+    # the signed part was checked when parsed, and `more` holds only characters a parse keeps
+    # as they are (anything else takes httpx's own path above). Its parsed form is
     # a NamedTuple: test_client_translation pins this against a full parse.
     query = more if not parsed.query else f"{parsed.query}&{more}"
     added = httpx.URL.__new__(httpx.URL)  # URL() would parse an empty string

@@ -161,6 +161,12 @@ def test_with_query_checks_what_it_adds() -> None:
         with_query(httpx.URL(BASE + "/x?a=1"), "random=1\n")
 
 
+@pytest.mark.parametrize("more", ["b=x y", "b=%41", "b=a/b?c", "b=~._-", "b=(1)"])
+def test_with_query_of_anything_else_is_httpx_own(more: str) -> None:
+    url = BASE + "/x?a=1"
+    assert with_query(httpx.URL(url), more) == httpx.URL(url, query=f"a=1&{more}".encode())
+
+
 async def test_request_is_what_build_request_with_content_would_make() -> None:
     seen: list[httpx.Request] = []
 
