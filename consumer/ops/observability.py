@@ -153,6 +153,10 @@ class _EventLogger:
             if isinstance(handler, _OneStreamHandler):
                 handler.write_event(self.name, method, event_dict)
                 return
+        # Our handler was taken away: the standard library has the event's name only (its
+        # fields would go unscrubbed), as it had every event before `configure_logging`.
+        level = logging.getLevelNamesMapping().get(method.upper(), logging.INFO)
+        logging.getLogger(self.name).log(level, str(event_dict.get("event")))
 
     def debug(self, event_dict: EventDict) -> None:
         """As `msg`."""

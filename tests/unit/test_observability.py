@@ -224,6 +224,34 @@ def test_a_record_that_cannot_be_formatted_is_an_event(configure: Configure) -> 
     assert SECRET not in out.getvalue()
 
 
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise TypeError(f"no repr for {SECRET}")
+
+
+def test_an_event_that_cannot_be_rendered_is_an_event(configure: Configure) -> None:
+    # structlog's events skip the standard library's records: their failures are told the same.
+    out = configure()
+    structlog.get_logger("consumer.core.lane").warning("odd_value", value=_Unprintable())
+    (doc,) = lines(out)
+    assert doc["event"] == "log_record_unformattable"
+    assert (doc["record_logger"], doc["record_level"]) == ("consumer.core.lane", "WARNING")
+    assert doc["template"] == "odd_value"
+    assert doc["error"].startswith("TypeError")
+    assert SECRET not in out.getvalue()
+
+
+def test_an_event_with_our_handler_gone_still_reaches_the_standard_library(
+    configure: Configure, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure()
+    logging.getLogger().handlers[:] = [caplog.handler]
+    structlog.get_logger("consumer.core.lane").error("broker_lost", secret=SECRET)
+    (record,) = [r for r in caplog.records if r.name == "consumer.core.lane"]
+    assert (record.levelname, record.getMessage()) == ("ERROR", "broker_lost")
+    assert SECRET not in caplog.text
+
+
 def test_warnings_and_uncaught_exceptions_are_json_lines(configure: Configure) -> None:
     out = configure()
     with warnings.catch_warnings():
