@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -111,32 +112,31 @@ async def variant(*, echo: bool, http: bool, n: int = N) -> dict[str, Any]:
         )
         assert child.stdout is not None
         await asyncio.wait_for(child.stdout.readline(), 30)
-        done = 0
 
         def publish() -> Awaitable[Any]:
             message = aio_pika.Message(json.dumps({"TaskId": uuid.uuid4().hex}).encode())
             return channel.default_exchange.publish(message, queue, mandatory=True)
 
-        async def drained(total: int) -> bool:
-            nonlocal done
+        async def drained() -> bool:  # none ready: the last one delivered (one in hand at most)
             declared = await channel.declare_queue(queue, passive=True)
-            done = total - (declared.declaration_result.message_count or 0)
-            return done >= total
+            return not declared.declaration_result.message_count
 
         await publish_windowed((publish for _ in range(WARMUP_N)), WINDOW)
-        await poll(lambda: drained(WARMUP_N), 60, "the warm-up", every=0.2)
+        await poll(drained, 60, "the warm-up", every=0.2)
         cpu0, started = cpu_of(child.pid), time.monotonic()
         await publish_windowed((publish for _ in range(n)), WINDOW)
-        await poll(lambda: drained(n), 300, "every message", every=0.02)
+        await poll(drained, 300, "every message", every=0.02)
         seconds, cpu = time.monotonic() - started, cpu_of(child.pid) - cpu0
-        await channel.queue_delete(queue)
-        await channel.queue_delete(stream)
     finally:
         if child is not None and child.returncode is None:
             child.kill()
             await child.wait()
         if server is not None:
             server.close()
+        with contextlib.suppress(Exception):  # the run's own queues go, whatever happened
+            cleanup = await connection.channel()
+            await cleanup.queue_delete(queue)
+            await cleanup.queue_delete(stream)
         await connection.close()
     return {
         "messages_per_s": round(n / seconds, 1),
