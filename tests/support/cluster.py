@@ -140,11 +140,33 @@ def _free(port: int) -> bool:
     return True
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_BASE = 20000
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_bases() -> tuple[int, int]:
-    """A base AMQP port and a base dist port with the three ports after each free."""
+    """A base AMQP port and a base dist port with the three ports after each free.
+
+    Below the kernel's ephemeral range: a node takes seconds to open its ports, and meanwhile
+    every client connection of the suite (the RabbitMQ 4 tier runs beside it) is given an
+    ephemeral port, which once took a port chosen free a moment before (eaddrinuse).
+    """
+    span = (ephemeral_floor() - LOWEST_BASE) // 2
     for _ in range(200):
-        amqp = random.randrange(41000, 49000, 10)
-        dist = amqp + 10000
+        if span >= 1000:
+            amqp = random.randrange(LOWEST_BASE, LOWEST_BASE + span - 10, 10)
+            dist = amqp + span
+        else:  # an unusual ephemeral range: as before, and hope
+            amqp = random.randrange(41000, 49000, 10)
+            dist = amqp + 10000
         if all(_free(amqp + i) and _free(dist + i) for i in (1, 2, 3)):
             return amqp, dist
     raise ClusterError("found no three free loopback ports for the cluster")
