@@ -137,9 +137,9 @@ class RevokeClient:
         # Only `random` changes from call to call: the rest of the query is built and parsed
         # once per UserSig (about 190 characters; httpx checks a URL string a character at a
         # time, which was a tenth of a recall's CPU when done for every call).
-        usersig, url = self._signed
-        if url is None or usersig != self._usersigs.get():
-            usersig = self._usersigs.get()
+        usersig = self._usersigs.get()
+        signed_for, url = self._signed
+        if url is None or usersig != signed_for:
             query = urlencode(
                 {
                     "usersig": usersig,

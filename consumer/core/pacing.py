@@ -229,10 +229,6 @@ class Pacer:
         """Record that a call just finished with no answer to go by: the safe rule."""
         self._not_before = max(self._not_before, self._clock() + self.interval_s)
 
-    def push_back(self, seconds: float) -> None:
-        """No call before `seconds` from now (a retry's minimum wait, a lockout)."""
-        self._not_before = max(self._not_before, self._clock() + seconds)
-
     def round_trips(self) -> list[float]:
         """The recent round trips the floor is estimated from (oldest first)."""
         now = self._clock()

@@ -82,14 +82,12 @@ def line_processors(redactor: Redactor, *, console: bool) -> list[Processor]:
     return [structlog.processors.format_exc_info, ScrubSecrets(redactor), renderer]
 
 
-def line_formatter(redactor: Redactor, *, console: bool) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter of the one handler, for the standard library's records."""
+def line_formatter(last: list[Processor]) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of the one handler, for the standard library's records: their shared
+    fields, then the `last` processors every line goes through."""
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_context(),
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *line_processors(redactor, console=console),
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
     )
 
 
@@ -101,8 +99,9 @@ class _OneStreamHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO, redactor: Redactor, *, json_lines: bool) -> None:
         super().__init__(stream)
         self.json_lines = json_lines
-        self.setFormatter(line_formatter(redactor, console=not json_lines))
+        # One chain for both paths: a record through the formatter, an event through it as is.
         self._last = line_processors(redactor, console=not json_lines)
+        self.setFormatter(line_formatter(self._last))
 
     def write_event(self, name: str, method: str, event_dict: EventDict) -> None:
         """One structlog event, through the same last processors as a record, as one line."""

@@ -65,11 +65,11 @@ async def test_idle_longer_than_interval_does_not_sleep(fake: FakeTime, pacer: P
     assert fake.sleeps == []
 
 
-async def test_push_back_delays_and_never_shortens(fake: FakeTime, pacer: Pacer) -> None:
+async def test_not_before_delays_and_never_shortens(fake: FakeTime, pacer: Pacer) -> None:
     now = fake.t
     pacer.call_finished()
-    pacer.push_back(60)
-    pacer.push_back(0.1)
+    pacer.not_before(fake.t + 60)
+    pacer.not_before(fake.t + 0.1)
     assert pacer.delay() == pytest.approx(60)
     await pacer.wait_turn()
     assert fake.t >= now + 60 - EPS
